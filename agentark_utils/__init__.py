@@ -1,0 +1,17 @@
+"""AgentArk, reproducible: distil a multi-agent debate into one student LLM.
+
+One module per concept of the paper (arXiv 2602.03955):
+
+- ``config``    typed, validated parameters for every stage (params.yaml sections)
+- ``models``    the offline default model and resolution of any other model
+- ``tasks``     the normalized question record, reasoning-gym tasks and the paper's datasets
+- ``answers``   answer extractors (named filters) and graders: correct / wrong / unparsed
+- ``backends``  generation backends: hf (default), vllm (GPU, lazy), openai (any server)
+- ``debate``    Phase 1: multi-agent debate plus the single-agent and self-consistency baselines
+- ``metrics``   accuracy with bootstrap CIs, cost per question
+- ``store``     append-only JSONL that survives interruption, atomic JSON writes
+- ``plots``     the seaborn figures
+- ``stages``    runs a stage's notebook with Papermill after validating params.yaml
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,136 @@
+"""Typed parameters for every stage, one class per `params.yaml` section.
+
+Everything is validated up front (all sections, whatever stage runs) so that a typo in
+`params.yaml` fails in a second with a message naming the key, not after an hour of generation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ParamsError(ValueError):
+    """A bad parameter: the message names the file, the key and what is wrong."""
+
+
+class _Section(BaseModel):
+    # extra="forbid": a misspelt key is an error, not a silently ignored default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelParams(_Section):
+    """Shared section `model`: which models generate, on which backend and device."""
+
+    teacher: str = Field(min_length=1)
+    student: str = Field(min_length=1)
+    backend: Literal["hf", "vllm", "openai"] = "hf"
+    dtype: Literal["bfloat16", "float16", "float32", "auto"] = "bfloat16"
+    device: str = "auto"
+    batch_size: int = Field(default=16, ge=1)
+    trust_remote_code: bool = False
+    openai_base_url: str | None = None
+    tensor_parallel_size: int = Field(default=1, ge=1)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value in {"auto", "cpu", "cuda", "mps"} or value.startswith("cuda:"):
+            return value
+        raise ValueError(f"unknown device {value!r}; use auto, cpu, cuda, cuda:N or mps")
+
+    @model_validator(mode="after")
+    def _openai_needs_url(self) -> "ModelParams":
+        if self.backend == "openai" and not self.openai_base_url:
+            raise ValueError("backend 'openai' needs openai_base_url (e.g. http://127.0.0.1:8000/v1)")
+        return self
+
+
+class DataParams(_Section):
+    """Shared section `data`: the task, its train/test split and the seed."""
+
+    task: str
+    path: str | None = None
+    n_train: int = Field(ge=0)
+    n_test: int = Field(ge=1)
+    seed: int = 0
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        from agentark_utils.tasks import TASKS
+
+        if value not in TASKS:
+            raise ValueError(f"unknown task {value!r}; known tasks: {', '.join(sorted(TASKS))}")
+        return value
+
+
+class DebateParams(_Section):
+    """Section `debate`: the paper's Phase 1 and its two baselines."""
+
+    n_agents: int = Field(ge=1)
+    rounds: int = Field(ge=1)
+    temperature: float = Field(ge=0.0)
+    max_new_tokens: int = Field(ge=1)
+    early_stop: bool = True
+    summarizer: bool = True
+    # None: match the debate's call budget, n_agents * rounds (+1 with the summarizer).
+    self_consistency_samples: int | None = Field(default=None, ge=1)
+    chunk_size: int = Field(default=16, ge=1)
+    seed: int = 0
+    bootstrap_samples: int = Field(default=1000, ge=100)
+
+    @property
+    def call_budget(self) -> int:
+        return self.n_agents * self.rounds + int(self.summarizer)
+
+    @property
+    def sc_samples(self) -> int:
+        return self.self_consistency_samples or self.call_budget
+
+
+class DebateStage(_Section):
+    """The sections the debate stage reads."""
+
+    model: ModelParams
+    data: DataParams
+    debate: DebateParams
+
+
+class Params(DebateStage):
+    """The whole `params.yaml`: every section is required and checked."""
+
+
+def _format(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: {error.error_count()} invalid parameter(s):"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        got = "" if item["type"] == "missing" else f" (got {item.get('input')!r})"
+        lines.append(f"  - {key}: {message}{got}")
+    return "\n".join(lines)
+
+
+def validate(raw: dict, schema: type[BaseModel] = Params, source: str = "params"):
+    """Check a parsed params mapping against `schema`; raise ParamsError naming every bad key."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as error:
+        raise ParamsError(_format(error, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: no such params file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML: {error}") from None
+    return validate(raw, Params, str(path))

@@ -1,0 +1,111 @@
+"""Metrics: accuracy with bootstrap 95 % CIs, unparsed rate, and cost per question."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+SYSTEMS = ("single", "self_consistency", "debate")
+
+
+def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> list[float]:
+    """Percentile bootstrap CI of the mean."""
+    data = np.asarray(values, dtype=float)
+    if data.size == 0:
+        return [float("nan"), float("nan")]
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, data.size, size=(n_boot, data.size))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
+
+
+def system_calls(record: dict, system: str) -> list[dict]:
+    """Every generation call a system made for one question."""
+    if system == "single":
+        return [record["single"]]
+    if system == "self_consistency":
+        return record["self_consistency"]["samples"]
+    debate = record["debate"]
+    calls = [c for round_calls in debate["rounds"] for c in round_calls]
+    return calls + ([debate["summarizer"]] if debate["summarizer"] else [])
+
+
+def system_outcome(record: dict, system: str) -> dict:
+    if system == "single":
+        return record["single"]
+    if system == "self_consistency":
+        return record["self_consistency"]
+    return record["debate"]["final"]
+
+
+def summarize(records: list[dict], system: str, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Accuracy, CI, unparsed rate and cost per question of one system over `records`."""
+    outcomes = [system_outcome(r, system)["status"] for r in records]
+    correct = [s == "correct" for s in outcomes]
+    calls = [system_calls(r, system) for r in records]
+    n = max(len(records), 1)
+    prompt = sum(c["prompt_tokens"] for cs in calls for c in cs)
+    generated = sum(c["completion_tokens"] for cs in calls for c in cs)
+    return {
+        "accuracy": float(np.mean(correct)) if records else float("nan"),
+        "ci95": bootstrap_ci(correct, n_boot, seed),
+        "unparsed_rate": sum(s == "unparsed" for s in outcomes) / n,
+        "tokens_per_question": (prompt + generated) / n,
+        "generated_tokens_per_question": generated / n,
+        "calls_per_question": sum(len(cs) for cs in calls) / n,
+        "latency_s_per_question": sum(c["latency_s"] for cs in calls for c in cs) / n,
+    }
+
+
+def wrong_to_right(record: dict) -> bool:
+    """Some agent was wrong (or unparsed) in round 1 and correct in its final round."""
+    rounds = record["debate"]["rounds"]
+    return any(first["status"] != "correct" and last["status"] == "correct"
+               for first, last in zip(rounds[0], rounds[-1]))
+
+
+def debate_metrics(records: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
+    """The debate stage's metrics.json: every system over all questions, and per split."""
+
+    def block(subset: list[dict]) -> dict:
+        out = {system: summarize(subset, system, n_boot, seed) for system in SYSTEMS}
+        out["n_questions"] = len(subset)
+        out["wrong_to_right_fraction"] = sum(map(wrong_to_right, subset)) / max(len(subset), 1)
+        out["consensus_fraction"] = sum(r["debate"]["consensus_round"] is not None for r in subset) / max(len(subset), 1)
+        return out
+
+    result = block(records)
+    splits = sorted({r["split"] for r in records})
+    result["by_split"] = {split: block([r for r in records if r["split"] == split]) for split in splits}
+    return result
+
+
+def accuracy_by_round(records: list[dict]) -> pd.DataFrame:
+    """Per debate round: mean agent accuracy and majority-vote accuracy.
+
+    A question that stopped early on consensus keeps its last round's answers in later rounds.
+    """
+    from agentark_utils.debate import vote
+    from agentark_utils.tasks import Question
+
+    n_rounds = max(len(r["debate"]["rounds"]) for r in records)
+    rows = []
+    for k in range(n_rounds):
+        agent, votes = [], []
+        for r in records:
+            question = Question.from_dict(r["question"])
+            calls = r["debate"]["rounds"][min(k, len(r["debate"]["rounds"]) - 1)]
+            agent.append(np.mean([c["status"] == "correct" for c in calls]))
+            votes.append(vote(question, calls)["status"] == "correct")
+        rows.append({"round": k + 1, "measure": "mean agent", "accuracy": float(np.mean(agent))})
+        rows.append({"round": k + 1, "measure": "majority vote", "accuracy": float(np.mean(votes))})
+    return pd.DataFrame(rows)
+
+
+def systems_table(metrics: dict) -> pd.DataFrame:
+    """One row per system: the numbers a reader compares."""
+    return pd.DataFrame([{"system": s, **{k: v for k, v in metrics[s].items() if k != "ci95"},
+                          "ci95_low": metrics[s]["ci95"][0], "ci95_high": metrics[s]["ci95"][1]}
+                         for s in SYSTEMS])

@@ -1,0 +1,49 @@
+"""The seaborn figures. Each function returns the figure and, given a path, saves it as a PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from agentark_utils.metrics import SYSTEMS
+
+LABELS = {"single": "single agent", "self_consistency": "self-consistency", "debate": "debate"}
+
+
+def _save(fig, path: str | Path | None):
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+    return fig
+
+
+def accuracy_by_round(table: pd.DataFrame, single_accuracy: float, path: str | Path | None = None):
+    """Debate accuracy per round (mean agent and majority vote) against the single agent."""
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    sns.lineplot(data=table, x="round", y="accuracy", hue="measure", marker="o", ax=ax)
+    ax.axhline(single_accuracy, color="grey", linestyle="--", label="single agent (greedy)")
+    ax.set(xlabel="debate round", ylabel="accuracy", ylim=(0, 1), title="Debate accuracy by round",
+           xticks=sorted(table["round"].unique()))
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def cost_vs_accuracy(metrics: dict, path: str | Path | None = None):
+    """Tokens per question against accuracy (95 % CI bars) for each system."""
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    palette = sns.color_palette("deep", len(SYSTEMS))
+    for color, system in zip(palette, SYSTEMS):
+        m = metrics[system]
+        low, high = m["ci95"]
+        ax.errorbar(m["tokens_per_question"], m["accuracy"], yerr=[[m["accuracy"] - low], [high - m["accuracy"]]],
+                    fmt="o", color=color, capsize=4, label=f"{LABELS[system]} ({m['calls_per_question']:.1f} calls)")
+    ax.set_xscale("log")
+    ax.set(xlabel="tokens per question (prompt + generated, log scale)", ylabel="accuracy (95 % CI)", ylim=(0, 1),
+           title="Cost vs accuracy")
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)

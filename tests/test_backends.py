@@ -1,0 +1,133 @@
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from agentark_utils.backends import HFBackend, OpenAIBackend, make_backend
+from agentark_utils.config import ModelParams
+from agentark_utils.models import ModelNotFoundError
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Calculate 2 + 3."}],
+    [{"role": "user", "content": "A much longer question, so that left padding matters: what is 7 * 8 - 5 + 11?"}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "1+1?"}],
+]
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_model_dir):
+    return HFBackend(str(tiny_model_dir), dtype="float32", device="cpu", batch_size=8)
+
+
+def test_hf_batched_greedy_equals_one_at_a_time(hf):
+    batched = hf.generate(CONVERSATIONS, temperature=0.0, max_new_tokens=12, seed=0)
+    single = [hf.generate([c], temperature=0.0, max_new_tokens=12, seed=0)[0] for c in CONVERSATIONS]
+    assert [g.text for g in batched] == [g.text for g in single]
+    assert [g.prompt_tokens for g in batched] == [g.prompt_tokens for g in single]
+
+
+def test_hf_records_tokens_and_latency(hf):
+    gens = hf.generate(CONVERSATIONS, temperature=0.0, max_new_tokens=12, seed=0)
+    assert len(gens) == len(CONVERSATIONS)
+    for conversation, gen in zip(CONVERSATIONS, gens):
+        ids = hf.tokenizer.apply_chat_template(conversation, tokenize=True, add_generation_prompt=True, return_dict=True)
+        expected = len(ids["input_ids"])
+        assert gen.prompt_tokens == expected
+        assert 1 <= gen.completion_tokens <= 12
+        assert gen.latency_s > 0
+    assert gens[1].prompt_tokens > gens[0].prompt_tokens
+
+
+def test_hf_sampling_is_seeded(hf):
+    a = hf.generate(CONVERSATIONS, temperature=1.0, max_new_tokens=10, seed=7)
+    b = hf.generate(CONVERSATIONS, temperature=1.0, max_new_tokens=10, seed=7)
+    c = hf.generate(CONVERSATIONS, temperature=1.0, max_new_tokens=10, seed=8)
+    assert [g.text for g in a] == [g.text for g in b]
+    assert [g.text for g in a] != [g.text for g in c]
+
+
+def test_unknown_model_names_every_place_tried(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    params = ModelParams(teacher="no-org/no-such-model", student="x")
+    with pytest.raises(ModelNotFoundError) as error:
+        make_backend(params)
+    message = str(error.value)
+    assert "no-org/no-such-model" in message
+    assert "local directory" in message and "Hugging Face cache" in message and "HF_HUB_OFFLINE=1" in message
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match="has no config.json"):
+        make_backend(ModelParams(teacher=str(tmp_path / "empty"), student="x"))
+
+
+def test_cpu_path_never_imports_vllm(tiny_model_dir):
+    code = (
+        "import sys\n"
+        "from agentark_utils import backends, debate, metrics, stages\n"
+        f"backends.HFBackend({str(tiny_model_dir)!r}, dtype='float32', device='cpu')\n"
+        "assert 'vllm' not in sys.modules, 'vllm was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_vllm_backend_without_vllm_says_how_to_install():
+    pytest.importorskip("torch")
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"pip install -e '\.\[vllm\]'"):
+            make_backend(ModelParams(teacher="x", student="x", backend="vllm"))
+    else:
+        pytest.skip("vllm is installed here")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir):
+    """A real OpenAI-compatible server (`transformers serve`) on loopback, serving the tiny model."""
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "transformers"), "serve", str(tiny_model_dir),
+         "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype", "float32"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            if proc.poll() is not None:
+                pytest.fail(f"transformers serve exited: {proc.stderr.read().decode()[-2000:]}")
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("transformers serve did not come up in 60 s")
+        yield f"{url}/v1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_openai_backend_against_a_real_loopback_server(server, tiny_model_dir, hf, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
+    backend = make_backend(ModelParams(teacher=str(tiny_model_dir), student="x", backend="openai",
+                                       openai_base_url=server, batch_size=2))
+    assert isinstance(backend, OpenAIBackend)
+    gens = backend.generate(CONVERSATIONS, temperature=0.0, max_new_tokens=8, seed=0)
+    assert len(gens) == 3
+    local = hf.generate(CONVERSATIONS, temperature=0.0, max_new_tokens=8, seed=0)
+    for remote, here in zip(gens, local):
+        assert remote.prompt_tokens == here.prompt_tokens  # the server applied the same chat template
+        assert 1 <= remote.completion_tokens <= 8
+        assert remote.latency_s > 0
+    assert "sk-test-secret" not in repr(backend.__dict__)

@@ -1,0 +1,138 @@
+"""Every bad input gets one clear error naming what is wrong, before any compute."""
+
+import copy
+import json
+
+import pytest
+import yaml
+
+from agentark_utils.config import ParamsError, load_params, validate
+from agentark_utils.tasks import TASKS, DatasetError, make_questions, read_rows
+from conftest import ROOT
+
+GOOD = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def with_change(path: str, value):
+    params = copy.deepcopy(GOOD)
+    *parents, key = path.split(".")
+    node = params
+    for part in parents:
+        node = node[part]
+    if value is DELETE:
+        del node[key]
+    else:
+        node[key] = value
+    return params
+
+
+DELETE = object()
+
+
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        ("debate.n_agents", 0, "debate.n_agents: Input should be greater than or equal to 1"),
+        ("debate.rounds", 0, "debate.rounds: Input should be greater than or equal to 1"),
+        ("debate.rounds", "two", "debate.rounds: Input should be a valid integer"),
+        ("debate.temperature", -0.1, "debate.temperature: Input should be greater than or equal to 0"),
+        ("debate.max_new_tokens", 0, "debate.max_new_tokens: Input should be greater than or equal to 1"),
+        ("debate.self_consistency_samples", 0, "debate.self_consistency_samples"),
+        ("debate.chunk_size", -1, "debate.chunk_size"),
+        ("debate.n_agnets", 3, "debate.n_agnets: Extra inputs are not permitted"),
+        ("debate", DELETE, "debate: Field required"),
+        ("data.task", "gsm9k", "data.task: unknown task 'gsm9k'"),
+        ("data.n_test", 0, "data.n_test: Input should be greater than or equal to 1"),
+        ("data.n_train", -5, "data.n_train"),
+        ("model.backend", "tgi", "model.backend: Input should be 'hf', 'vllm' or 'openai'"),
+        ("model.dtype", "fp8", "model.dtype"),
+        ("model.device", "gpu", "model.device: unknown device 'gpu'"),
+        ("model.batch_size", 0, "model.batch_size"),
+        ("model.teacher", "", "model.teacher: String should have at least 1 character"),
+        ("model.trust_remote_code", "maybe", "model.trust_remote_code: Input should be a valid boolean"),
+        ("model.backend", "openai", "backend 'openai' needs openai_base_url"),
+    ],
+)
+def test_bad_params_name_the_key(path, value, message):
+    with pytest.raises(ParamsError) as error:
+        validate(with_change(path, value), source="params.yaml")
+    assert message in str(error.value)
+    assert str(error.value).startswith("params.yaml:")
+
+
+def test_every_bad_key_is_reported_at_once():
+    params = with_change("debate.n_agents", 0)
+    params["debate"]["rounds"] = 0
+    with pytest.raises(ParamsError, match="2 invalid parameter"):
+        validate(params)
+
+
+def test_params_file_errors(tmp_path):
+    with pytest.raises(ParamsError, match="no such params file"):
+        load_params(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ParamsError, match="expected a mapping"):
+        load_params(bad)
+
+
+def test_shipped_params_are_valid():
+    params = load_params(ROOT / "params.yaml")
+    assert params.debate.sc_samples == params.debate.n_agents * params.debate.rounds + 1
+
+
+def test_notebook_parameters_match_params_yaml():
+    """The defaults a JupyterLab user sees are the ones `dvc repro` runs."""
+    for notebook, sections in [("01_debate.ipynb", ("model", "data", "debate"))]:
+        nb = json.loads((ROOT / "notebooks" / notebook).read_text())
+        cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
+        namespace: dict = {}
+        exec("".join(cell["source"]), namespace)
+        for section in sections:
+            assert namespace[section] == GOOD[section], f"{notebook}: section {section} differs from params.yaml"
+
+
+MEDMCQA_ROW = {"id": "x1", "question": "Q?", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 1}
+
+
+@pytest.mark.parametrize(
+    "task, rows, message",
+    [
+        ("gsm8k", [{"answer": "#### 3"}], "row 0: missing question"),
+        ("gsm8k", [{"question": "  ", "answer": "#### 3"}], "row 0: empty question"),
+        ("gsm8k", [{"question": "Q", "answer": "three"}], "row 0: GSM8K answer has no '####'"),
+        ("gsm8k", [{"question": "Q", "answer": "#### "}], "row 0: empty answer"),
+        ("metamathqa", [{"query": "Q", "response": "It is 4."}], "no 'The answer is:' line"),
+        ("medmcqa", [MEDMCQA_ROW, MEDMCQA_ROW], "row 1: duplicate id 'x1'"),
+        ("medmcqa", [{**MEDMCQA_ROW, "cop": -1}], "'cop' must be 0-3"),
+        ("medmcqa", [{**MEDMCQA_ROW, "opc": ""}], "needs >= 2 non-empty choices"),
+        ("math500", [{"problem": "Q", "answer": None, "unique_id": "u"}], "row 0: missing answer"),
+    ],
+)
+def test_bad_dataset_rows_name_the_row(task, rows, message):
+    with pytest.raises(DatasetError, match=message):
+        make_questions(TASKS[task], rows, "fixture")
+
+
+def test_choice_answer_must_be_one_of_the_choices():
+    from agentark_utils.tasks import TaskSpec
+
+    spec = TaskSpec("mc", "test", "choice")
+    with pytest.raises(DatasetError, match="answer 'E' is not one of the choices ABCD"):
+        make_questions(spec, [{"question": "Q", "answer": "E", "choices": ["a", "b", "c", "d"]}], "mc")
+
+
+def test_bad_dataset_files(tmp_path):
+    with pytest.raises(DatasetError, match="no such dataset file"):
+        read_rows(tmp_path / "nope.jsonl")
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes('{"question": "caf\xe9"}\n'.encode("latin-1"))
+    with pytest.raises(DatasetError, match="not UTF-8"):
+        read_rows(latin1)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"question": "a"}\n{"question": \n')
+    with pytest.raises(DatasetError, match="line 2: not valid JSON"):
+        read_rows(broken)

@@ -1,0 +1,141 @@
+"""The debate protocol, with a scripted model: what each agent sees, when it stops, what is saved."""
+
+import pytest
+
+from agentark_utils import metrics
+from agentark_utils.backends import Generation
+from agentark_utils.config import DebateParams
+from agentark_utils.debate import debate_chunk, fingerprint, run_debate
+from agentark_utils.store import read_jsonl
+from agentark_utils.tasks import Question
+
+Q1 = Question("q1", "t", "What is 2 + 3?", "5", "math")
+Q2 = Question("q2", "t", "What is 4 + 4?", "8", "math")
+
+
+class ScriptedBackend:
+    """Answers from a script(conversation, position_in_call, temperature) -> text; logs every call."""
+
+    name = "scripted"
+
+    def __init__(self, script):
+        self.script = script
+        self.calls: list[dict] = []
+
+    def generate(self, conversations, *, temperature, max_new_tokens, seed, desc="generate"):
+        self.calls.append({"desc": desc, "conversations": conversations, "temperature": temperature, "seed": seed})
+        return [Generation(self.script(c, i, temperature), 10 * len(c), 5, 0.01) for i, c in enumerate(conversations)]
+
+
+def cfg(**overrides) -> DebateParams:
+    base = dict(n_agents=3, rounds=3, temperature=0.7, max_new_tokens=32, chunk_size=8, seed=0)
+    return DebateParams(**{**base, **overrides})
+
+
+def round_of(conversation) -> int:
+    return sum(m["role"] == "user" for m in conversation)
+
+
+def test_agents_that_agree_in_round_one_stop_early():
+    backend = ScriptedBackend(lambda c, i, t: "2 + 3 = 5\nFinal Answer: 5")
+    (record,) = debate_chunk([Q1], backend, cfg(), seed=0)
+    debate = record["debate"]
+    assert debate["consensus_round"] == 1
+    assert len(debate["rounds"]) == 1 and len(debate["rounds"][0]) == 3
+    assert debate["final"] == {"answer": "5", "status": "correct"}
+    assert [c["desc"] for c in backend.calls] == ["single", "self-consistency", "debate round 1", "summarizer"]
+    assert metrics.system_calls(record, "debate").__len__() == 4  # 3 agents + summarizer
+
+
+def test_peers_answers_reach_each_agent_and_a_wrong_agent_can_correct_itself():
+    def script(conversation, position, temperature):
+        r = round_of(conversation)
+        if r == 1 and position % 3 == 0:  # agent 1 starts wrong
+            return "I think it is 6.\nFinal Answer: 6"
+        if r == 1:
+            return f"Agent says 5 (variant {position % 3}).\nFinal Answer: 5"
+        return "After reading the others: Final Answer: 5"
+
+    backend = ScriptedBackend(script)
+    (record,) = debate_chunk([Q1], backend, cfg(), seed=0)
+    rounds = record["debate"]["rounds"]
+    assert [c["status"] for c in rounds[0]] == ["wrong", "correct", "correct"]
+    assert [c["status"] for c in rounds[1]] == ["correct"] * 3
+    assert record["debate"]["consensus_round"] == 2
+    assert metrics.wrong_to_right(record)
+
+    round2 = next(c for c in backend.calls if c["desc"] == "debate round 2")["conversations"]
+    agent1 = round2[0]
+    # its own round-1 answer is in its context as the assistant turn, the peers' in the new user turn
+    assert agent1[1] == {"role": "assistant", "content": "I think it is 6.\nFinal Answer: 6"}
+    assert "variant 1" in agent1[2]["content"] and "variant 2" in agent1[2]["content"]
+    assert "I think it is 6" not in agent1[2]["content"]
+    assert Q1.question in agent1[2]["content"]  # the original problem is restated
+
+
+def test_without_early_stop_every_round_runs_and_unparsed_is_not_consensus():
+    backend = ScriptedBackend(lambda c, i, t: "no idea")
+    (record,) = debate_chunk([Q1], backend, cfg(rounds=2, early_stop=True), seed=0)
+    assert len(record["debate"]["rounds"]) == 2 and record["debate"]["consensus_round"] is None
+    assert record["debate"]["final"]["status"] == "unparsed"
+
+    backend = ScriptedBackend(lambda c, i, t: "Final Answer: 5")
+    (record,) = debate_chunk([Q1], backend, cfg(rounds=3, early_stop=False), seed=0)
+    assert len(record["debate"]["rounds"]) == 3
+
+
+def test_baselines_single_is_greedy_and_self_consistency_matches_the_call_budget():
+    backend = ScriptedBackend(lambda c, i, t: "Final Answer: 5" if i % 2 else "Final Answer: 4")
+    records = debate_chunk([Q1, Q2], backend, cfg(n_agents=2, rounds=2), seed=0)
+    single, sc = backend.calls[0], backend.calls[1]
+    assert single["temperature"] == 0.0 and len(single["conversations"]) == 2
+    assert sc["temperature"] == 0.7 and len(sc["conversations"]) == 2 * (2 * 2 + 1)
+    assert len(records[0]["self_consistency"]["samples"]) == 5
+    # the sample list alternates 4, 5, 4, 5, 4 for q1 -> majority 4 (wrong)
+    assert records[0]["self_consistency"]["answer"] == "4"
+
+
+def test_without_summarizer_the_final_answer_is_the_majority_vote():
+    script = lambda c, i, t: "Final Answer: 5" if i % 3 else "Final Answer: 7"  # noqa: E731
+    (record,) = debate_chunk([Q1], ScriptedBackend(script), cfg(summarizer=False, early_stop=False, rounds=1), seed=0)
+    assert record["debate"]["summarizer"] is None
+    assert record["debate"]["final"] == record["debate"]["majority"] == {"answer": "5", "status": "correct"}
+
+
+def test_all_questions_of_a_round_go_through_one_batched_call():
+    backend = ScriptedBackend(lambda c, i, t: f"Final Answer: {i}")
+    debate_chunk([Q1, Q2], backend, cfg(n_agents=3, rounds=2, early_stop=False), seed=0)
+    rounds = [c for c in backend.calls if c["desc"].startswith("debate round")]
+    assert [len(c["conversations"]) for c in rounds] == [6, 6]
+
+
+def test_run_debate_resumes_skips_finished_ids_and_drops_other_settings(tmp_path):
+    path = tmp_path / "records.jsonl"
+    backend = ScriptedBackend(lambda c, i, t: "Final Answer: 5")
+    params = cfg(chunk_size=1)
+    key = fingerprint(params)
+    first = run_debate({"test": [Q1]}, backend, params, path, key)
+    assert [r["id"] for r in first] == ["q1"] and first[0]["split"] == "test"
+
+    n_calls = len(backend.calls)
+    both = run_debate({"train": [Q2], "test": [Q1]}, backend, params, path, key)
+    assert [r["id"] for r in both] == ["q2", "q1"]
+    assert len(backend.calls) - n_calls == 4  # only q2 was debated: single, sc, round 1, summarizer
+    assert [r["id"] for r in read_jsonl(path)] == ["q1", "q2"]
+
+    # a torn last line (killed mid-write) is cut off, not parsed
+    with path.open("a") as f:
+        f.write('{"id": "q3", "trunc')
+    again = run_debate({"train": [Q2], "test": [Q1]}, backend, params, path, key)
+    assert [r["id"] for r in again] == ["q2", "q1"]
+    assert [r["id"] for r in read_jsonl(path)] == ["q1", "q2"]
+
+    other = cfg(chunk_size=1, temperature=0.1)
+    run_debate({"test": [Q1]}, backend, other, path, fingerprint(other))
+    assert [r["fingerprint"] for r in read_jsonl(path)] == [fingerprint(other)]
+
+
+@pytest.mark.parametrize("text", ["", "\x00\x01", "ünïcödé only", "9" * 5000, "Final Answer: \\boxed{"])
+def test_odd_model_outputs_are_unparsed_or_graded_never_a_crash(text):
+    (record,) = debate_chunk([Q1], ScriptedBackend(lambda c, i, t: text), cfg(rounds=1), seed=0)
+    assert record["single"]["status"] in {"unparsed", "wrong"}

@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+
+from agentark_utils import metrics
+from agentark_utils.store import append_jsonl, read_jsonl, rewrite_jsonl, write_json
+
+
+def test_bootstrap_ci_brackets_the_mean_and_narrows_with_more_data():
+    rng = np.random.default_rng(0)
+    small = rng.random(20) < 0.4
+    large = rng.random(2000) < 0.4
+    lo_s, hi_s = metrics.bootstrap_ci(small, seed=1)
+    lo_l, hi_l = metrics.bootstrap_ci(large, seed=1)
+    assert lo_s <= small.mean() <= hi_s
+    assert lo_l <= large.mean() <= hi_l
+    assert hi_l - lo_l < (hi_s - lo_s) / 4
+    assert metrics.bootstrap_ci([1, 1, 1]) == [1.0, 1.0]
+    assert np.isnan(metrics.bootstrap_ci([])[0])
+
+
+def call(status, prompt=10, generated=5, latency=0.5, answer="1"):
+    return {"text": "", "answer": answer, "status": status, "prompt_tokens": prompt,
+            "completion_tokens": generated, "latency_s": latency}
+
+
+def record(split, single, rounds, final, sc_status="correct"):
+    return {
+        "split": split,
+        "question": {"id": "x", "task": "t", "question": "q", "answer": "1", "answer_format": "math",
+                     "choices": [], "reasoning": None, "metadata": {}},
+        "single": call(single),
+        "self_consistency": {"samples": [call("correct"), call("wrong")], "answer": "1", "status": sc_status},
+        "debate": {"rounds": [[call(s) for s in r] for r in rounds], "consensus_round": None,
+                   "summarizer": call(final), "majority": {"answer": "1", "status": final},
+                   "final": {"answer": "1", "status": final}},
+    }
+
+
+def test_debate_metrics_by_hand():
+    records = [
+        record("train", "correct", [["wrong", "correct"], ["correct", "correct"]], "correct"),
+        record("test", "unparsed", [["wrong", "wrong"], ["wrong", "wrong"]], "wrong", sc_status="unparsed"),
+    ]
+    m = metrics.debate_metrics(records, n_boot=200)
+    assert m["n_questions"] == 2
+    assert m["single"]["accuracy"] == 0.5 and m["single"]["unparsed_rate"] == 0.5
+    assert m["self_consistency"]["unparsed_rate"] == 0.5
+    assert m["debate"]["calls_per_question"] == 5  # 2 agents x 2 rounds + summarizer
+    assert m["debate"]["tokens_per_question"] == 5 * 15
+    assert m["debate"]["generated_tokens_per_question"] == 5 * 5
+    assert m["debate"]["latency_s_per_question"] == pytest.approx(2.5)
+    assert m["wrong_to_right_fraction"] == 0.5
+    assert m["by_split"]["test"]["n_questions"] == 1 and m["by_split"]["test"]["debate"]["accuracy"] == 0.0
+
+
+def test_accuracy_by_round_carries_early_stopped_questions_forward():
+    records = [
+        record("test", "correct", [["correct", "correct"]], "correct"),  # stopped after round 1
+        record("test", "wrong", [["wrong", "wrong"], ["correct", "wrong"]], "wrong"),
+    ]
+    table = metrics.accuracy_by_round(records).set_index(["round", "measure"])["accuracy"]
+    assert table[(1, "mean agent")] == 0.5
+    assert table[(2, "mean agent")] == pytest.approx((1 + 0.5) / 2)
+
+
+def test_jsonl_survives_a_torn_line_and_json_writes_are_atomic(tmp_path):
+    path = tmp_path / "r.jsonl"
+    append_jsonl(path, [{"a": 1}, {"a": 2}])
+    with path.open("ab") as f:
+        f.write(b'{"a": 3')
+    assert read_jsonl(path) == [{"a": 1}, {"a": 2}]
+    assert path.read_bytes().endswith(b'{"a": 3')  # reading alone does not modify
+    read_jsonl(path, repair=True)
+    append_jsonl(path, [{"a": 4}])
+    assert read_jsonl(path) == [{"a": 1}, {"a": 2}, {"a": 4}]
+    rewrite_jsonl(path, [{"b": 1}])
+    assert read_jsonl(path) == [{"b": 1}]
+    write_json(tmp_path / "m.json", {"x": 1})
+    assert not list(tmp_path.glob("*.tmp"))

@@ -1,0 +1,45 @@
+"""Each stage notebook, executed by Papermill on tiny parameters, writes what DVC expects."""
+
+import json
+
+import yaml
+
+from agentark_utils.stages import run_stage
+from conftest import ROOT
+
+
+def tiny_params(tmp_path, model_dir) -> str:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["model"].update(teacher=str(model_dir), student=str(model_dir), dtype="float32", device="cpu", batch_size=8)
+    params["data"].update(task="arith_mix", n_train=2, n_test=2)
+    params["debate"].update(n_agents=2, rounds=2, max_new_tokens=8, chunk_size=2, bootstrap_samples=100)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return str(path)
+
+
+def test_debate_notebook(tmp_path, tiny_model_dir):
+    out = tmp_path / "debate"
+    executed = run_stage("debate", tiny_params(tmp_path, tiny_model_dir), out_dir=str(out))
+    assert executed == out / "01_debate.ipynb"
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_questions"] == 4 and set(metrics["by_split"]) == {"train", "test"}
+    for system in ("single", "self_consistency", "debate"):
+        m = metrics[system]
+        assert set(m) >= {"accuracy", "ci95", "unparsed_rate", "tokens_per_question", "calls_per_question",
+                          "latency_s_per_question"}
+        assert 0 <= m["accuracy"] <= 1 and m["ci95"][0] <= m["accuracy"] <= m["ci95"][1]
+    assert metrics["single"]["calls_per_question"] == 1
+    assert metrics["self_consistency"]["calls_per_question"] == 2 * 2 + 1
+    assert 0 <= metrics["wrong_to_right_fraction"] <= 1
+
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and len({r["id"] for r in records}) == 4
+    for name in ("accuracy_by_round.png", "cost_vs_accuracy.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    nb = json.loads(executed.read_text())
+    injected = next(c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", []))
+    assert str(tiny_model_dir) in "".join(injected["source"])
+    assert any(o.get("output_type") == "display_data" for c in nb["cells"] for o in c.get("outputs", []))
