@@ -20,12 +20,14 @@ def _save(fig, path: str | Path | None):
     return fig
 
 
-def accuracy_by_round(table: pd.DataFrame, single_accuracy: float, path: str | Path | None = None):
-    """Debate accuracy per round (mean agent and majority vote) against the single agent."""
+def accuracy_by_round(table: pd.DataFrame, single_accuracy: float, final_accuracy: float,
+                      path: str | Path | None = None):
+    """Debate accuracy per round (mean agent, majority vote), its final answer, and the single agent."""
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     sns.lineplot(data=table, x="round", y="accuracy", hue="measure", marker="o", ax=ax)
     ax.axhline(single_accuracy, color="grey", linestyle="--", label="single agent (greedy)")
+    ax.axhline(final_accuracy, color="green", linestyle=":", label="debate final answer (summarizer)")
     ax.set(xlabel="debate round", ylabel="accuracy", ylim=(0, 1), title="Debate accuracy by round",
            xticks=sorted(table["round"].unique()))
     ax.legend(loc="lower right", fontsize=8)
@@ -45,5 +47,5 @@ def cost_vs_accuracy(metrics: dict, path: str | Path | None = None):
     ax.set_xscale("log")
     ax.set(xlabel="tokens per question (prompt + generated, log scale)", ylabel="accuracy (95 % CI)", ylim=(0, 1),
            title="Cost vs accuracy")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
     return _save(fig, path)
