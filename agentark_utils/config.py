@@ -92,6 +92,39 @@ class DebateParams(_Section):
         return self.self_consistency_samples or self.call_budget
 
 
+class ExtractionParams(_Section):
+    """Section `extraction`: which debates become training examples."""
+
+    min_correct: int = Field(default=2, ge=1)  # the paper drops questions with fewer correct agents
+    k: Literal[1, 2, 3] = 3  # diverse traces per question for DA
+    selector: Literal["ngram", "judge"] = "ngram"
+    ngram_n: int = Field(default=2, ge=1)
+    seed: int = 0
+
+
+class SFTParams(_Section):
+    """Section `sft`: one training budget shared by R-SFT, DA and both baselines."""
+
+    learning_rate: float = Field(gt=0)
+    epochs: float = Field(gt=0)
+    batch_size: int = Field(ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    max_length: int = Field(default=512, ge=16)
+    lora_r: int = Field(default=0, ge=0)  # 0: full fine-tuning
+    lora_alpha: int = Field(default=16, ge=1)
+    bf16: bool = True
+    save_steps: int = Field(default=10, ge=1)
+    seed: int = 0
+
+
+class EvaluationParams(_Section):
+    """Section `evaluation`: one greedy generation per test question."""
+
+    max_new_tokens: int = Field(ge=1)
+    bootstrap_samples: int = Field(default=1000, ge=100)
+    seed: int = 0
+
+
 class DebateStage(_Section):
     """The sections the debate stage reads."""
 
@@ -100,8 +133,23 @@ class DebateStage(_Section):
     debate: DebateParams
 
 
+class ExtractStage(_Section):
+    model: ModelParams
+    extraction: ExtractionParams
+
+
+class SFTStage(_Section):
+    model: ModelParams
+    sft: SFTParams
+    evaluation: EvaluationParams
+
+
 class Params(DebateStage):
     """The whole `params.yaml`: every section is required and checked."""
+
+    extraction: ExtractionParams
+    sft: SFTParams
+    evaluation: EvaluationParams
 
 
 def _format(error: ValidationError, source: str) -> str:

@@ -40,23 +40,28 @@ def system_outcome(record: dict, system: str) -> dict:
     return record["debate"]["final"]
 
 
-def summarize(records: list[dict], system: str, n_boot: int = 1000, seed: int = 0) -> dict:
-    """Accuracy, CI, unparsed rate and cost per question of one system over `records`."""
-    outcomes = [system_outcome(r, system)["status"] for r in records]
-    correct = [s == "correct" for s in outcomes]
-    calls = [system_calls(r, system) for r in records]
-    n = max(len(records), 1)
+def summarize_calls(statuses: list[str], calls: list[list[dict]], n_boot: int = 1000, seed: int = 0) -> dict:
+    """Accuracy, CI, unparsed rate and cost per question, from each question's outcome status and
+    the generation calls spent on it."""
+    correct = [s == "correct" for s in statuses]
+    n = max(len(statuses), 1)
     prompt = sum(c["prompt_tokens"] for cs in calls for c in cs)
     generated = sum(c["completion_tokens"] for cs in calls for c in cs)
     return {
-        "accuracy": float(np.mean(correct)) if records else float("nan"),
+        "accuracy": float(np.mean(correct)) if statuses else float("nan"),
         "ci95": bootstrap_ci(correct, n_boot, seed),
-        "unparsed_rate": sum(s == "unparsed" for s in outcomes) / n,
+        "unparsed_rate": sum(s == "unparsed" for s in statuses) / n,
         "tokens_per_question": (prompt + generated) / n,
         "generated_tokens_per_question": generated / n,
         "calls_per_question": sum(len(cs) for cs in calls) / n,
         "latency_s_per_question": sum(c["latency_s"] for cs in calls for c in cs) / n,
     }
+
+
+def summarize(records: list[dict], system: str, n_boot: int = 1000, seed: int = 0) -> dict:
+    """`summarize_calls` for one system of the debate stage."""
+    return summarize_calls([system_outcome(r, system)["status"] for r in records],
+                           [system_calls(r, system) for r in records], n_boot, seed)
 
 
 def wrong_to_right(record: dict) -> bool:

@@ -55,19 +55,21 @@ def load_gguf_tokenizer():
 def provision(out_dir: str | Path = DEFAULT_MODEL_DIR) -> Path:
     """Dequantize the shipped GGUF into a safetensors model directory (float32, ~540 MB).
 
-    Written to a temporary sibling and renamed, so an interrupted run never leaves a directory
-    that looks complete.
+    Saved atomically, so an interrupted run never leaves a directory that looks complete.
     """
     import torch
     from transformers import AutoModelForCausalLM
 
-    out_dir = Path(out_dir)
     gguf = find_gguf()
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # The GGUF quantizer config would otherwise be saved and make every later load re-quantize.
     model.hf_quantizer.remove_quantization_config(model)
-    tokenizer = load_gguf_tokenizer()
+    return save_atomically(model, load_gguf_tokenizer(), out_dir)
 
+
+def save_atomically(model, tokenizer, out_dir: str | Path) -> Path:
+    """Save to a temporary sibling, then rename: a half-written model directory never looks complete."""
+    out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import pandas as pd
 import seaborn as sns
 
@@ -48,4 +49,15 @@ def cost_vs_accuracy(metrics: dict, path: str | Path | None = None):
     ax.set(xlabel="tokens per question (prompt + generated, log scale)", ylabel="accuracy (95 % CI)", ylim=(0, 1),
            title="Cost vs accuracy")
     ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, path)
+
+
+def loss_curve(log_history: list[dict], title: str, path: str | Path | None = None):
+    """Training loss per optimizer step."""
+    steps = pd.DataFrame([h for h in log_history if "loss" in h])
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    sns.lineplot(data=steps, x="step", y="loss", marker="o", ax=ax)
+    ax.set(xlabel="optimizer step", ylabel="training loss (weighted completion NLL)", title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _save(fig, path)

@@ -1,6 +1,7 @@
 """Run a stage's notebook with Papermill, after validating the whole params.yaml.
 
     python -m agentark_utils.stages debate            # what `dvc repro` calls
+    python -m agentark_utils.stages sft --strategy da
     python -m agentark_utils.stages debate --params my_params.yaml --out-dir /tmp/debate
 
 Every section of params.yaml is checked before anything runs (a typo in a later stage's section
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agentark_utils.config import load_params
@@ -23,27 +24,44 @@ REPO = Path(__file__).resolve().parents[1]
 @dataclass(frozen=True)
 class Stage:
     notebook: str
-    sections: tuple[str, ...]
-    out_dir: str
+    sections: tuple[str, ...]  # the params.yaml sections the notebook receives
+    out_dir: str  # may contain {strategy}
+    paths: dict = field(default_factory=dict)  # other path parameters (inputs, model dir)
 
 
 STAGES = {
     "debate": Stage("notebooks/01_debate.ipynb", ("model", "data", "debate"), "results/debate"),
+    "extract": Stage("notebooks/02_extract.ipynb", ("model", "extraction"), "results/extract",
+                     {"debate_dir": "results/debate"}),
+    "sft": Stage("notebooks/03_sft.ipynb", ("model", "sft", "evaluation"), "results/sft/{strategy}",
+                 {"debate_dir": "results/debate", "extract_dir": "results/extract", "model_dir": "models/{strategy}"}),
 }
 
 
 def run_stage(name: str, params_path: str | Path = "params.yaml", out_dir: str | None = None,
-              kernel: str = KERNEL) -> Path:
-    """Execute one stage's notebook; return the path of the executed copy."""
+              kernel: str = KERNEL, strategy: str | None = None, paths: dict | None = None) -> Path:
+    """Execute one stage's notebook; return the path of the executed copy.
+
+    `paths` overrides the stage's input/output path parameters (tests point them at temp dirs).
+    """
     import papermill
+
+    from agentark_utils.extraction import STRATEGIES
 
     if name not in STAGES:
         raise SystemExit(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
-    params = load_params(params_path)
     stage = STAGES[name]
-    out_dir = out_dir or stage.out_dir
+    needs_strategy = "{strategy}" in stage.out_dir
+    if needs_strategy and strategy not in STRATEGIES:
+        raise SystemExit(f"stage {name!r} needs --strategy, one of {', '.join(STRATEGIES)} (got {strategy!r})")
+    params = load_params(params_path)
+    out_dir = out_dir or stage.out_dir.format(strategy=strategy)
     parameters = {section: getattr(params, section).model_dump() for section in stage.sections}
+    parameters.update({key: value.format(strategy=strategy) for key, value in stage.paths.items()})
+    parameters.update(paths or {})
     parameters["out_dir"] = out_dir
+    if needs_strategy:
+        parameters["strategy"] = strategy
     executed = Path(out_dir) / Path(stage.notebook).name
     executed.parent.mkdir(parents=True, exist_ok=True)
     papermill.execute_notebook(str(REPO / stage.notebook), str(executed), parameters=parameters, kernel_name=kernel,
@@ -57,8 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out-dir", default=None)
     parser.add_argument("--kernel", default=KERNEL)
+    parser.add_argument("--strategy", default=None, help="for the sft stage: rsft, da, answer_only or cot")
     args = parser.parse_args(argv)
-    print(f"executed {run_stage(args.stage, args.params, args.out_dir, args.kernel)}")
+    print(f"executed {run_stage(args.stage, args.params, args.out_dir, args.kernel, args.strategy)}")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,11 @@ DELETE = object()
         ("model.teacher", "", "model.teacher: String should have at least 1 character"),
         ("model.trust_remote_code", "maybe", "model.trust_remote_code: Input should be a valid boolean"),
         ("model.backend", "openai", "backend 'openai' needs openai_base_url"),
+        ("extraction.k", 4, "extraction.k: Input should be 1, 2 or 3"),
+        ("extraction.selector", "gpt", "extraction.selector"),
+        ("sft.learning_rate", 0, "sft.learning_rate: Input should be greater than 0"),
+        ("sft.lora_r", -1, "sft.lora_r"),
+        ("evaluation", DELETE, "evaluation: Field required"),
     ],
 )
 def test_bad_params_name_the_key(path, value, message):
@@ -86,7 +91,10 @@ def test_shipped_params_are_valid():
 
 def test_notebook_parameters_match_params_yaml():
     """The defaults a JupyterLab user sees are the ones `dvc repro` runs."""
-    for notebook, sections in [("01_debate.ipynb", ("model", "data", "debate"))]:
+    from agentark_utils.stages import STAGES
+
+    for stage in STAGES.values():
+        notebook, sections = stage.notebook.removeprefix("notebooks/"), stage.sections
         nb = json.loads((ROOT / "notebooks" / notebook).read_text())
         cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
         namespace: dict = {}

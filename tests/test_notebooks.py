@@ -13,6 +13,8 @@ def tiny_params(tmp_path, model_dir) -> str:
     params["model"].update(teacher=str(model_dir), student=str(model_dir), dtype="float32", device="cpu", batch_size=8)
     params["data"].update(task="arith_mix", n_train=2, n_test=2)
     params["debate"].update(n_agents=2, rounds=2, max_new_tokens=8, chunk_size=2, bootstrap_samples=100)
+    params["sft"].update(epochs=1, batch_size=4, bf16=False)
+    params["evaluation"].update(max_new_tokens=8, bootstrap_samples=100)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return str(path)
@@ -43,3 +45,42 @@ def test_debate_notebook(tmp_path, tiny_model_dir):
     injected = next(c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", []))
     assert str(tiny_model_dir) in "".join(injected["source"])
     assert any(o.get("output_type") == "display_data" for c in nb["cells"] for o in c.get("outputs", []))
+
+
+def test_extract_and_sft_notebooks(tmp_path, tiny_model_dir):
+    """Hand-made debate records (the random tiny model never answers right) -> extract -> DA student."""
+    from agentark_utils.store import append_jsonl
+    from test_extraction import R, record
+
+    debate_dir = tmp_path / "debate"
+    append_jsonl(debate_dir / "records.jsonl", [
+        record([R("wrong", "correct", "correct"), R("correct", "correct", "correct")], "a", single="correct"),
+        record([R("correct", "correct", "wrong")], "b"),
+        record([R("correct", "wrong", "wrong")], "c"),
+        record([R("correct", "correct", "correct")], "t1", split="test"),
+        record([R("wrong", "wrong", "wrong")], "t2", split="test"),
+    ])
+    params = tiny_params(tmp_path, tiny_model_dir)
+    extract_dir = tmp_path / "extract"
+    run_stage("extract", params, out_dir=str(extract_dir), paths={"debate_dir": str(debate_dir)})
+    stats = json.loads((extract_dir / "metrics.json").read_text())
+    assert stats["n_kept"] == 2 and stats["corrective_traces"] == 1
+    assert stats["rows"] == {"rsft": 2, "da": 5, "answer_only": 2, "cot": 1}
+
+    out, model_dir = tmp_path / "sft", tmp_path / "models" / "da"
+    run_stage("sft", params, out_dir=str(out), strategy="da",
+              paths={"debate_dir": str(debate_dir), "extract_dir": str(extract_dir), "model_dir": str(model_dir)})
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["strategy"] == "da" and metrics["training"]["n_rows"] == 5 and metrics["training"]["n_questions"] == 2
+    for model in ("base", "student"):
+        assert metrics[model]["calls_per_question"] == 1 and 0 <= metrics[model]["accuracy"] <= 1
+    assert (model_dir / "model.safetensors").exists()
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 4  # 2 test questions x (base, student)
+
+
+def test_sft_stage_needs_a_known_strategy(tmp_path, tiny_model_dir):
+    import pytest
+
+    with pytest.raises(SystemExit, match="needs --strategy"):
+        run_stage("sft", tiny_params(tmp_path, tiny_model_dir), strategy="rsfft")

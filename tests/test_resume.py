@@ -51,3 +51,39 @@ def test_sigkill_then_rerun_keeps_every_finished_question_once(tiny_model_dir, t
     clean = tmp_path / "clean.jsonl"
     assert run(tiny_model_dir, clean).wait() == 0
     assert comparable(read_jsonl(clean)) == comparable(after)
+
+
+TRAIN = """
+import sys, json
+from agentark_utils.config import SFTParams
+from agentark_utils.distill import train_sft
+from agentark_utils.extraction import Example
+model_dir, out = sys.argv[1], sys.argv[2]
+ex = [Example(f"q{i}", f"What is {i} + 1?", f"Final Answer: {i + 1}", 1.0, "t") for i in range(16)]
+result = train_sft(ex, model_dir, out, SFTParams(learning_rate=1e-3, epochs=6, batch_size=2, save_steps=2), device="cpu")
+print(json.dumps(result.summary()))
+"""
+
+
+def test_killed_training_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path):
+    import json
+    from pathlib import Path
+
+    out = tmp_path / "student"
+    ckpt = Path(str(out) + ".checkpoints")
+    proc = subprocess.Popen([sys.executable, "-c", TRAIN, str(tiny_model_dir), str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not list(ckpt.glob("checkpoint-*/trainer_state.json")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)  # let the checkpoint finish writing its files
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    assert not out.exists()  # no half-saved model is ever taken as the result
+
+    done = subprocess.run([sys.executable, "-c", TRAIN, str(tiny_model_dir), str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["resumed_from"] == str(ckpt)
+    assert (out / "model.safetensors").exists() and not ckpt.exists()

@@ -1,0 +1,230 @@
+"""Phase 2: turn saved debates into training examples.
+
+- A_correct: the agents whose final-round answer is verified correct. Questions with fewer than
+  `min_correct` of them (the paper: 2) are dropped, for every strategy, so that all students train
+  on the same questions.
+- Corrective trace: an agent wrong (or unparsed) in round 1 and correct in its final round.
+- Diverse selection of k correct traces per question, behind one interface: the offline default
+  (greedy max-min distance over word n-grams) or an LLM judge (any backend).
+
+Each strategy's examples are prompt -> completion pairs with a weight; a question's weights sum to 1.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+from agentark_utils import answers
+from agentark_utils.debate import question_prompt
+from agentark_utils.tasks import Question
+
+
+@dataclass(frozen=True)
+class Example:
+    question_id: str
+    prompt: str
+    completion: str
+    weight: float
+    source: str  # where the completion came from: "agent 2 (corrective)", "summarizer", "gold", ...
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def final_round(record: dict) -> list[dict]:
+    return record["debate"]["rounds"][-1]
+
+
+def correct_agents(record: dict) -> list[int]:
+    """A_correct: indices of the agents whose final answer is correct."""
+    return [i for i, call in enumerate(final_round(record)) if call["status"] == "correct"]
+
+
+def corrective_agents(record: dict) -> list[int]:
+    """Agents that were wrong or unparsed in round 1 and correct in their final round."""
+    first = record["debate"]["rounds"][0]
+    return [i for i in correct_agents(record) if first[i]["status"] != "correct"]
+
+
+def with_final_answer(text: str, gold: str) -> str:
+    """The trace as the completion; a 'Final Answer:' line is added when the trace has none."""
+    text = text.strip()
+    if answers.extract_final_answer(text) is None:
+        text += f"\nFinal Answer: {gold}"
+    return text
+
+
+# --- diverse selection ------------------------------------------------------------------------
+
+class Selector(Protocol):
+    def select(self, question: Question, traces: list[str], k: int) -> list[int]: ...
+
+
+def _ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    words = re.findall(r"\w+|[^\w\s]", text.lower())
+    return {tuple(words[i : i + n]) for i in range(max(len(words) - n + 1, 1))}
+
+
+def jaccard_distance(a: set, b: set) -> float:
+    union = a | b
+    return 1.0 - len(a & b) / len(union) if union else 0.0
+
+
+@dataclass
+class NgramSelector:
+    """Greedy max-min selection: start from a seeded random trace, then repeatedly add the trace
+    farthest (Jaccard distance over word n-grams) from those already chosen."""
+
+    n: int = 2
+    seed: int = 0
+
+    def select(self, question: Question, traces: list[str], k: int) -> list[int]:
+        k = min(k, len(traces))
+        if k == 0:
+            return []
+        grams = [_ngrams(t, self.n) for t in traces]
+        rng = random.Random(f"{self.seed}-{question.id}")
+        chosen = [rng.randrange(len(traces))]
+        while len(chosen) < k:
+            rest = [i for i in range(len(traces)) if i not in chosen]
+            # farthest from its nearest chosen trace; ties go to the lower index
+            chosen.append(max(rest, key=lambda i: (min(jaccard_distance(grams[i], grams[j]) for j in chosen), -i)))
+        return chosen
+
+
+class JudgeSelector:
+    """An LLM judge picks k structurally different traces (any backend). Its reply must name k
+    distinct valid indices; otherwise the offline selector decides and the fallback is counted."""
+
+    def __init__(self, backend, max_new_tokens: int = 64, fallback: Selector | None = None):
+        self.backend = backend
+        self.max_new_tokens = max_new_tokens
+        self.fallback = fallback or NgramSelector()
+        self.fallbacks = 0
+
+    @staticmethod
+    def prompt(question: Question, traces: list[str], k: int) -> str:
+        listed = "\n\n".join(f"[{i + 1}]\n{t.strip()}" for i, t in enumerate(traces))
+        return (
+            f"Problem:\n{question.question}\nCorrect answer: {question.answer}\n\n"
+            f"Candidate solutions, all reaching the correct answer:\n\n{listed}\n\n"
+            f"Pick the {k} solutions that differ most in their approach (decomposition order, "
+            f"intermediate steps, method). Reply with their numbers only, e.g. 'Selected: 1, 3'."
+        )
+
+    @staticmethod
+    def parse(reply: str, n_traces: int, k: int) -> list[int] | None:
+        numbers = [int(x) - 1 for x in re.findall(r"\d+", reply.split("Selected:")[-1])]
+        picked = list(dict.fromkeys(numbers))[:k]
+        if len(picked) == k and all(0 <= i < n_traces for i in picked):
+            return picked
+        return None
+
+    def select(self, question: Question, traces: list[str], k: int) -> list[int]:
+        k = min(k, len(traces))
+        if k == len(traces):
+            return list(range(k))
+        conversation = [{"role": "user", "content": self.prompt(question, traces, k)}]
+        (reply,) = self.backend.generate([conversation], temperature=0.0, max_new_tokens=self.max_new_tokens,
+                                         seed=0, desc="judge")
+        picked = self.parse(reply.text, len(traces), k)
+        if picked is None:
+            self.fallbacks += 1
+            return self.fallback.select(question, traces, k)
+        return picked
+
+
+# --- examples per strategy --------------------------------------------------------------------
+
+def eligible(records: list[dict], min_correct: int = 2) -> list[dict]:
+    """Training-split records with at least `min_correct` correct agents (the paper's filter)."""
+    return [r for r in records if r["split"] == "train" and len(correct_agents(r)) >= min_correct]
+
+
+def rsft_examples(records: list[dict]) -> list[Example]:
+    """One correct trace per question: a corrective one first, else the summarizer's if correct,
+    else the first correct agent's."""
+    out = []
+    for r in records:
+        q = Question.from_dict(r["question"])
+        corrective = corrective_agents(r)
+        summary = r["debate"]["summarizer"]
+        if corrective:
+            i = corrective[0]
+            text, source = final_round(r)[i]["text"], f"agent {i + 1} (corrective)"
+        elif summary and summary["status"] == "correct":
+            text, source = summary["text"], "summarizer"
+        else:
+            i = correct_agents(r)[0]
+            text, source = final_round(r)[i]["text"], f"agent {i + 1}"
+        out.append(Example(q.id, question_prompt(q), with_final_answer(text, q.answer), 1.0, source))
+    return out
+
+
+def da_examples(records: list[dict], k: int, selector: Selector) -> list[Example]:
+    """k diverse correct traces per question, each its own example, weighted 1/k (the paper's Eq. 2)."""
+    out = []
+    for r in records:
+        q = Question.from_dict(r["question"])
+        agents = correct_agents(r)
+        traces = [final_round(r)[i]["text"] for i in agents]
+        picked = selector.select(q, traces, k)
+        for j in picked:
+            out.append(Example(q.id, question_prompt(q), with_final_answer(traces[j], q.answer), 1.0 / len(picked),
+                               f"agent {agents[j] + 1}"))
+    return out
+
+
+def answer_only_examples(records: list[dict]) -> list[Example]:
+    """Baseline: the gold answer alone, no reasoning (the paper's Table 8)."""
+    out = []
+    for r in records:
+        q = Question.from_dict(r["question"])
+        out.append(Example(q.id, question_prompt(q), f"Final Answer: {q.answer}", 1.0, "gold"))
+    return out
+
+
+def single_agent_cot_examples(records: list[dict]) -> list[Example]:
+    """Baseline: the single agent's own correct trace (its greedy answer, else a correct
+    self-consistency sample): self-training with no debate. Questions without one are skipped."""
+    out = []
+    for r in records:
+        q = Question.from_dict(r["question"])
+        candidates = [("single", r["single"])] + [(f"sample {i + 1}", s)
+                                                  for i, s in enumerate(r["self_consistency"]["samples"])]
+        found = next(((name, c) for name, c in candidates if c["status"] == "correct"), None)
+        if found:
+            out.append(Example(q.id, question_prompt(q), with_final_answer(found[1]["text"], q.answer), 1.0, found[0]))
+    return out
+
+
+STRATEGIES = ("rsft", "da", "answer_only", "cot")
+
+
+def build_examples(records: list[dict], min_correct: int, k: int, selector: Selector) -> dict[str, list[Example]]:
+    """Every SFT strategy's examples, from the same eligible training questions."""
+    kept = eligible(records, min_correct)
+    return {
+        "rsft": rsft_examples(kept),
+        "da": da_examples(kept, k, selector),
+        "answer_only": answer_only_examples(kept),
+        "cot": single_agent_cot_examples(kept),
+    }
+
+
+def extraction_stats(records: list[dict], min_correct: int, examples: dict[str, list[Example]]) -> dict:
+    """Counts for the report: what was kept, dropped and found."""
+    train = [r for r in records if r["split"] == "train"]
+    kept = eligible(records, min_correct)
+    return {
+        "n_train_questions": len(train),
+        "n_kept": len(kept),
+        "n_dropped_fewer_than_min_correct": len(train) - len(kept),
+        "corrective_traces": sum(len(corrective_agents(r)) for r in train),
+        "kept_questions_with_corrective_trace": sum(bool(corrective_agents(r)) for r in kept),
+        "rows": {name: len(rows) for name, rows in examples.items()},
+        "questions": {name: len({e.question_id for e in rows}) for name, rows in examples.items()},
+    }
