@@ -8,6 +8,9 @@ One module per concept of the paper (arXiv 2602.03955):
 - ``answers``   answer extractors (named filters) and graders: correct / wrong / unparsed
 - ``backends``  generation backends: hf (default), vllm (GPU, lazy), openai (any server)
 - ``debate``    Phase 1: multi-agent debate plus the single-agent and self-consistency baselines
+- ``extraction`` Phase 2: A_correct filter, corrective traces, diverse selection, examples per strategy
+- ``distill``   strategies 1 and 2 (R-SFT, DA) and the SFT baselines, on TRL's SFTTrainer
+- ``evaluation`` one greedy generation per test question, graded, with cost
 - ``metrics``   accuracy with bootstrap CIs, cost per question
 - ``store``     append-only JSONL that survives interruption, atomic JSON writes
 - ``plots``     the seaborn figures
