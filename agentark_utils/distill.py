@@ -145,6 +145,7 @@ def train_sft(examples: list[Example], base_model: str, out_dir: str | Path, par
         logging_steps=1, save_strategy="steps",
         save_steps=params.save_steps, save_total_limit=1, report_to=[], remove_unused_columns=False,
         use_cpu=torch_device(device) == "cpu", disable_tqdm=False,
+        logging_nan_inf_filter=False,  # the default would hide a NaN loss from StopOnNonFinite
     )
     trainer_cls, stop_on_nan = _trainer_class()
     trainer = trainer_cls(model=model, args=config, train_dataset=rows, processing_class=tokenizer,

@@ -82,3 +82,20 @@ def test_tiny_model_loss_falls_and_weights_change(tiny_model_dir, tmp_path, lora
 def test_no_examples_is_a_clear_error(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="no training examples"):
         train_sft([], str(tiny_model_dir), tmp_path / "s", SFTParams(learning_rate=1e-3, epochs=1, batch_size=1))
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_no_half_model(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from agentark_utils.distill import NonFiniteLossError
+
+    broken = tmp_path / "broken"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        model.model.norm.weight.fill_(float("nan"))
+    model.save_pretrained(broken)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(broken)
+    with pytest.raises(NonFiniteLossError, match="loss became nan at step 1"):
+        train_sft(examples(4), str(broken), tmp_path / "s", SFTParams(learning_rate=1e-3, epochs=1, batch_size=2),
+                  device="cpu")
+    assert not (tmp_path / "s").exists()
