@@ -67,7 +67,8 @@ def _user(text: str) -> dict:
     return {"role": "user", "content": text}
 
 
-def _call(q: Question, gen: Generation) -> dict:
+def graded_call(q: Question, gen: Generation) -> dict:
+    """A generation with its extracted answer and grade: the unit every record stores."""
     grade = answers.grade(q, gen.text)
     return {**gen.to_dict(), "answer": grade.answer, "status": grade.status}
 
@@ -116,7 +117,7 @@ def debate_chunk(questions: list[Question], backend: Backend, cfg: DebateParams,
             for i in range(n):
                 out = outs[pos * n + i]
                 contexts[qi][i].append({"role": "assistant", "content": out.text})
-                calls.append(_call(questions[qi], out))
+                calls.append(graded_call(questions[qi], out))
             rounds[qi].append(calls)
         if cfg.early_stop:
             for qi in active:
@@ -134,13 +135,13 @@ def debate_chunk(questions: list[Question], backend: Backend, cfg: DebateParams,
     records = []
     for qi, q in enumerate(questions):
         finals = rounds[qi][-1]
-        summary = _call(q, summaries[qi]) if summaries[qi] is not None else None
+        summary = graded_call(q, summaries[qi]) if summaries[qi] is not None else None
         majority_vote = vote(q, finals)
-        samples = [_call(q, g) for g in sc[qi * k : (qi + 1) * k]]
+        samples = [graded_call(q, g) for g in sc[qi * k : (qi + 1) * k]]
         records.append({
             "id": q.id,
             "question": q.to_dict(),
-            "single": _call(q, single[qi]),
+            "single": graded_call(q, single[qi]),
             "self_consistency": {"samples": samples, **vote(q, samples)},
             "debate": {
                 "rounds": rounds[qi],

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from agentark_utils import answers, metrics
+from agentark_utils import metrics
 from agentark_utils.backends import make_backend
 from agentark_utils.config import ModelParams
-from agentark_utils.debate import question_prompt
+from agentark_utils.debate import graded_call, question_prompt
 from agentark_utils.tasks import Question
 
 
@@ -15,9 +15,6 @@ def evaluate(model_ref: str, questions: list[Question], model_params: ModelParam
     backend = make_backend(model_params.model_copy(update={"student": model_ref}), role="student")
     gens = backend.generate([[{"role": "user", "content": question_prompt(q)}] for q in questions],
                             temperature=0.0, max_new_tokens=max_new_tokens, seed=seed, desc=f"evaluate {model_ref}")
-    rows = []
-    for q, gen in zip(questions, gens):
-        grade = answers.grade(q, gen.text)
-        rows.append({"id": q.id, **gen.to_dict(), "answer": grade.answer, "status": grade.status})
+    rows = [{"id": q.id, **graded_call(q, gen)} for q, gen in zip(questions, gens)]
     summary = metrics.summarize_calls([r["status"] for r in rows], [[r] for r in rows], n_boot, seed)
     return rows, summary
