@@ -99,14 +99,40 @@ def _fingerprint(examples: list[Example], base_model: str, params: SFTParams) ->
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _prepare_checkpoints(ckpt_dir: Path, fingerprint: str) -> bool:
-    """Keep checkpoints only if they were made with the same data and settings; True if any remain."""
+def _step(checkpoint: Path) -> int:
+    suffix = checkpoint.name.removeprefix("checkpoint-")
+    return int(suffix) if suffix.isdigit() else -1
+
+
+def last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest checkpoint that was written to the end; older and half-written ones are deleted.
+
+    The Trainer writes `trainer_state.json` last, so a kill during a save leaves a newest checkpoint
+    without it (or with a truncated one), and a kill while rotating leaves an older one half-deleted.
+    The newest checkpoint whose state file parses and names its own step is therefore whole.
+    """
+    chosen = None
+    for checkpoint in sorted(ckpt_dir.glob("checkpoint-*"), key=_step, reverse=True):
+        if chosen is None:
+            try:
+                state = json.loads((checkpoint / "trainer_state.json").read_text())
+                if state.get("global_step") == _step(checkpoint):
+                    chosen = checkpoint
+                    continue
+            except (OSError, ValueError):
+                pass
+        shutil.rmtree(checkpoint)
+    return chosen
+
+
+def _prepare_checkpoints(ckpt_dir: Path, fingerprint: str) -> Path | None:
+    """Keep checkpoints only if they were made with the same data and settings; the one to resume from."""
     stamp = ckpt_dir / "fingerprint.txt"
     if ckpt_dir.exists() and (not stamp.exists() or stamp.read_text() != fingerprint):
         shutil.rmtree(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fingerprint)
-    return any(ckpt_dir.glob("checkpoint-*"))
+    return last_complete_checkpoint(ckpt_dir)
 
 
 def train_sft(examples: list[Example], base_model: str, out_dir: str | Path, params: SFTParams,
@@ -153,7 +179,7 @@ def train_sft(examples: list[Example], base_model: str, out_dir: str | Path, par
     trainer.data_collator = _WeightCollator(trainer.data_collator)
 
     began = time.perf_counter()
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     wall = time.perf_counter() - began
 
     final = trainer.model.merge_and_unload() if peft_config is not None else trainer.model
@@ -165,7 +191,7 @@ def train_sft(examples: list[Example], base_model: str, out_dir: str | Path, par
         n_tokens=sum(len(ids) for ids in tokenized["input_ids"]),
         n_completion_tokens=sum(sum(1 for t in labels if t != -100) for labels in tokenized["labels"]),
         wall_s=wall, seed=params.seed,
-        resumed_from=str(ckpt_dir) if resume else None,
+        resumed_from=str(resume) if resume else None,
         log_history=list(trainer.state.log_history),
     )
     shutil.rmtree(ckpt_dir, ignore_errors=True)

@@ -81,9 +81,13 @@ def test_killed_training_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_pa
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
     assert not out.exists()  # no half-saved model is ever taken as the result
+    # whatever the kill hit, also leave a newer checkpoint as a kill mid-save would: no trainer state
+    half = ckpt / "checkpoint-9999"
+    half.mkdir(exist_ok=True)
+    (half / "model.safetensors").write_bytes(b"truncated")
 
     done = subprocess.run([sys.executable, "-c", TRAIN, str(tiny_model_dir), str(out)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["resumed_from"] == str(ckpt)
+    assert Path(summary["resumed_from"]).parent == ckpt and summary["resumed_from"] != str(half)
     assert (out / "model.safetensors").exists() and not ckpt.exists()
