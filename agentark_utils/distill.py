@@ -16,9 +16,6 @@ Checkpoints go to `<out>.checkpoints/` every `save_steps`; a killed run resumes 
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -29,10 +26,7 @@ import torch.nn.functional as F
 
 from agentark_utils.config import SFTParams
 from agentark_utils.extraction import Example
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+from agentark_utils.training import fingerprint, prepare_checkpoints, stop_on_non_finite_callback
 
 
 @dataclass
@@ -73,7 +67,6 @@ class _WeightCollator:
 
 
 def _trainer_class():
-    from transformers import TrainerCallback
     from trl import SFTTrainer
 
     class WeightedSFTTrainer(SFTTrainer):
@@ -84,55 +77,11 @@ def _trainer_class():
             loss = weighted_completion_loss(outputs.logits, labels, weights)
             return (loss, outputs) if return_outputs else loss
 
-    class StopOnNonFinite(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(loss):
-                raise NonFiniteLossError(f"loss became {loss} at step {state.global_step}; "
-                                         f"last good checkpoint kept in {args.output_dir}")
-
-    return WeightedSFTTrainer, StopOnNonFinite
+    return WeightedSFTTrainer
 
 
 def _fingerprint(examples: list[Example], base_model: str, params: SFTParams) -> str:
-    payload = json.dumps([base_model, params.model_dump(), [e.to_dict() for e in examples]], sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def _step(checkpoint: Path) -> int:
-    suffix = checkpoint.name.removeprefix("checkpoint-")
-    return int(suffix) if suffix.isdigit() else -1
-
-
-def last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The newest checkpoint that was written to the end; older and half-written ones are deleted.
-
-    The Trainer writes `trainer_state.json` last, so a kill during a save leaves a newest checkpoint
-    without it (or with a truncated one), and a kill while rotating leaves an older one half-deleted.
-    The newest checkpoint whose state file parses and names its own step is therefore whole.
-    """
-    chosen = None
-    for checkpoint in sorted(ckpt_dir.glob("checkpoint-*"), key=_step, reverse=True):
-        if chosen is None:
-            try:
-                state = json.loads((checkpoint / "trainer_state.json").read_text())
-                if state.get("global_step") == _step(checkpoint):
-                    chosen = checkpoint
-                    continue
-            except (OSError, ValueError):
-                pass
-        shutil.rmtree(checkpoint)
-    return chosen
-
-
-def _prepare_checkpoints(ckpt_dir: Path, fingerprint: str) -> Path | None:
-    """Keep checkpoints only if they were made with the same data and settings; the one to resume from."""
-    stamp = ckpt_dir / "fingerprint.txt"
-    if ckpt_dir.exists() and (not stamp.exists() or stamp.read_text() != fingerprint):
-        shutil.rmtree(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(fingerprint)
-    return last_complete_checkpoint(ckpt_dir)
+    return fingerprint(base_model, params.model_dump(), [e.to_dict() for e in examples])
 
 
 def train_sft(examples: list[Example], base_model: str, out_dir: str | Path, params: SFTParams,
@@ -147,7 +96,7 @@ def train_sft(examples: list[Example], base_model: str, out_dir: str | Path, par
         raise ValueError("no training examples: the extraction stage kept no question for this strategy")
     out_dir = Path(out_dir)
     ckpt_dir = out_dir.with_name(out_dir.name + ".checkpoints")
-    resume = _prepare_checkpoints(ckpt_dir, _fingerprint(examples, base_model, params))
+    resume = prepare_checkpoints(ckpt_dir, _fingerprint(examples, base_model, params))
 
     rows = datasets.Dataset.from_list([
         {"prompt": [{"role": "user", "content": e.prompt}],
@@ -173,9 +122,8 @@ def train_sft(examples: list[Example], base_model: str, out_dir: str | Path, par
         use_cpu=torch_device(device) == "cpu", disable_tqdm=False,
         logging_nan_inf_filter=False,  # the default would hide a NaN loss from StopOnNonFinite
     )
-    trainer_cls, stop_on_nan = _trainer_class()
-    trainer = trainer_cls(model=model, args=config, train_dataset=rows, processing_class=tokenizer,
-                          peft_config=peft_config, callbacks=[stop_on_nan()])
+    trainer = _trainer_class()(model=model, args=config, train_dataset=rows, processing_class=tokenizer,
+                               peft_config=peft_config, callbacks=[stop_on_non_finite_callback()])
     trainer.data_collator = _WeightCollator(trainer.data_collator)
 
     began = time.perf_counter()

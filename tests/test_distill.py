@@ -8,7 +8,6 @@ from agentark_utils.config import SFTParams
 from agentark_utils.distill import (
     _WeightCollator,
     _trainer_class,
-    last_complete_checkpoint,
     train_sft,
     weighted_completion_loss,
 )
@@ -57,7 +56,7 @@ def test_label_mask_covers_the_completion_only(tiny_model_dir):
     rows = datasets.Dataset.from_list([{"prompt": [{"role": "user", "content": e.prompt}],
                                         "completion": [{"role": "assistant", "content": e.completion}],
                                         "weight": e.weight} for e in ex])
-    trainer_cls, _ = _trainer_class()
+    trainer_cls = _trainer_class()
     trainer = trainer_cls(model=model, args=SFTConfig(output_dir="/tmp/unused", report_to=[], use_cpu=True,
                                                       remove_unused_columns=False),
                           train_dataset=rows, processing_class=tok)
@@ -93,7 +92,7 @@ def test_no_examples_is_a_clear_error(tiny_model_dir, tmp_path):
 def test_nan_loss_stops_with_a_message_and_keeps_no_half_model(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from agentark_utils.distill import NonFiniteLossError
+    from agentark_utils.training import NonFiniteLossError
 
     broken = tmp_path / "broken"
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -106,25 +105,3 @@ def test_nan_loss_stops_with_a_message_and_keeps_no_half_model(tiny_model_dir, t
                   device="cpu")
     assert not (tmp_path / "s").exists()
 
-
-WHOLE = '{"global_step": %d}'
-
-
-@pytest.mark.parametrize("layout, expected", [
-    ({}, None),
-    ({"checkpoint-2": WHOLE % 2}, "checkpoint-2"),
-    ({"checkpoint-2": WHOLE % 2, "checkpoint-4": None}, "checkpoint-2"),  # killed while saving step 4
-    ({"checkpoint-2": WHOLE % 2, "checkpoint-4": '{"global_st'}, "checkpoint-2"),  # state file cut short
-    ({"checkpoint-2": None, "checkpoint-4": WHOLE % 4}, "checkpoint-4"),  # killed while rotating step 2 out
-    ({"checkpoint-8": WHOLE % 8, "checkpoint-10": WHOLE % 10}, "checkpoint-10"),  # by step, not by name
-    ({"checkpoint-6": WHOLE % 2}, None),  # a state file that belongs elsewhere
-])
-def test_last_complete_checkpoint_keeps_only_the_newest_whole_one(tmp_path, layout, expected):
-    for name, state in layout.items():
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "model.safetensors").write_text("x")
-        if state is not None:
-            (tmp_path / name / "trainer_state.json").write_text(state)
-    chosen = last_complete_checkpoint(tmp_path)
-    assert (chosen.name if chosen else None) == expected
-    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ([expected] if expected else [])

@@ -1,0 +1,38 @@
+"""Checkpoint bookkeeping shared by SFT, PRM and GRPO training."""
+
+import pytest
+
+from agentark_utils.training import fingerprint, last_complete_checkpoint, prepare_checkpoints
+
+
+WHOLE = '{"global_step": %d}'
+
+
+@pytest.mark.parametrize("layout, expected", [
+    ({}, None),
+    ({"checkpoint-2": WHOLE % 2}, "checkpoint-2"),
+    ({"checkpoint-2": WHOLE % 2, "checkpoint-4": None}, "checkpoint-2"),  # killed while saving step 4
+    ({"checkpoint-2": WHOLE % 2, "checkpoint-4": '{"global_st'}, "checkpoint-2"),  # state file cut short
+    ({"checkpoint-2": None, "checkpoint-4": WHOLE % 4}, "checkpoint-4"),  # killed while rotating step 2 out
+    ({"checkpoint-8": WHOLE % 8, "checkpoint-10": WHOLE % 10}, "checkpoint-10"),  # by step, not by name
+    ({"checkpoint-6": WHOLE % 2}, None),  # a state file that belongs elsewhere
+])
+def test_last_complete_checkpoint_keeps_only_the_newest_whole_one(tmp_path, layout, expected):
+    for name, state in layout.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_text("x")
+        if state is not None:
+            (tmp_path / name / "trainer_state.json").write_text(state)
+    chosen = last_complete_checkpoint(tmp_path)
+    assert (chosen.name if chosen else None) == expected
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ([expected] if expected else [])
+
+
+def test_checkpoints_survive_only_an_identical_rerun(tmp_path):
+    ckpt = tmp_path / "student.checkpoints"
+    assert prepare_checkpoints(ckpt, fingerprint("model", {"lr": 1}, ["row"])) is None
+    (ckpt / "checkpoint-3").mkdir()
+    (ckpt / "checkpoint-3" / "trainer_state.json").write_text(WHOLE % 3)
+    assert prepare_checkpoints(ckpt, fingerprint("model", {"lr": 1}, ["row"])) == ckpt / "checkpoint-3"
+    assert prepare_checkpoints(ckpt, fingerprint("model", {"lr": 2}, ["row"])) is None  # settings changed
+    assert not (ckpt / "checkpoint-3").exists()
