@@ -117,6 +117,55 @@ class SFTParams(_Section):
     seed: int = 0
 
 
+class PRMParams(_Section):
+    """Section `prm`: the process reward model of PAD (Strategy 3), two-stage curriculum."""
+
+    stage1_steps: int = Field(ge=0)  # head + last block + final norm
+    stage2_steps: int = Field(ge=0)  # everything
+    stage1_learning_rate: float = Field(gt=0)
+    stage2_learning_rate: float = Field(gt=0)
+    tau: float = Field(default=0.1, gt=0)  # Eq. 7 temperature (the paper gives none; the code uses 0.1)
+    ce_weight: float = Field(default=1.0, ge=0)  # weight of the added binary cross-entropy
+    batch_questions: int = Field(default=2, ge=1)  # whole questions per batch: negatives come from them
+    max_length: int = Field(default=512, ge=16)
+    bf16: bool = True
+    save_steps: int = Field(default=10, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _some_training(self) -> "PRMParams":
+        if self.stage1_steps + self.stage2_steps == 0:
+            raise ValueError("stage1_steps + stage2_steps must be > 0")
+        return self
+
+
+class GRPOParams(_Section):
+    """Section `grpo`: policy optimisation of the student against the PRM (Strategy 3)."""
+
+    steps: int = Field(ge=1)
+    group_size: int = Field(ge=2)  # completions per prompt (G); z-scored within the group
+    batch_size: int = Field(ge=2)  # completions per optimizer step: a multiple of group_size
+    learning_rate: float = Field(gt=0)
+    beta: float = Field(default=0.001, ge=0)  # KL coefficient against the frozen start
+    epsilon: float = Field(default=0.2, gt=0, lt=1)  # ratio clip
+    temperature: float = Field(default=0.5, gt=0)  # rollouts
+    max_completion_length: int = Field(ge=1)
+    aggregation: Literal["mean", "min", "softmin"] = "mean"  # PRM step scores -> one reward
+    prm_reward_weight: float = Field(default=1.0, ge=0)
+    answer_reward_weight: float = Field(default=0.0, ge=0)  # verifiable answer (reference code: 1.0)
+    bf16: bool = True
+    save_steps: int = Field(default=10, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "GRPOParams":
+        if self.batch_size % self.group_size:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of group_size ({self.group_size})")
+        if self.prm_reward_weight + self.answer_reward_weight == 0:
+            raise ValueError("prm_reward_weight and answer_reward_weight are both 0: nothing to optimise")
+        return self
+
+
 class EvaluationParams(_Section):
     """Section `evaluation`: one greedy generation per test question."""
 
@@ -144,11 +193,20 @@ class SFTStage(_Section):
     evaluation: EvaluationParams
 
 
+class PADStage(_Section):
+    model: ModelParams
+    prm: PRMParams
+    grpo: GRPOParams
+    evaluation: EvaluationParams
+
+
 class Params(DebateStage):
     """The whole `params.yaml`: every section is required and checked."""
 
     extraction: ExtractionParams
     sft: SFTParams
+    prm: PRMParams
+    grpo: GRPOParams
     evaluation: EvaluationParams
 
 

@@ -14,8 +14,6 @@ loses at most the chunk in flight, and a re-run skips the ids already there.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 from tqdm import tqdm
@@ -25,11 +23,16 @@ from agentark_utils.backends import Backend, Generation
 from agentark_utils.config import DebateParams
 from agentark_utils.store import append_jsonl, read_jsonl, rewrite_jsonl
 from agentark_utils.tasks import Question
+from agentark_utils.training import fingerprint as training_fingerprint
 
+# "a blank line between steps" is steps.STEP_SEPARATOR: the PRM and GRPO cut traces there.
 INSTRUCTIONS = {
-    "number": "Solve it step by step, then write the final answer on the last line as 'Final Answer: <number>'.",
-    "math": "Solve it step by step, then write the final answer on the last line as 'Final Answer: <answer>'.",
-    "choice": "Think step by step, then write the final answer on the last line as 'Final Answer: <letter>'.",
+    "number": "Solve it step by step, with a blank line between steps, then write the final answer on the last "
+              "line as 'Final Answer: <number>'.",
+    "math": "Solve it step by step, with a blank line between steps, then write the final answer on the last "
+            "line as 'Final Answer: <answer>'.",
+    "choice": "Think step by step, with a blank line between steps, then write the final answer on the last "
+              "line as 'Final Answer: <letter>'.",
 }
 
 
@@ -154,10 +157,17 @@ def debate_chunk(questions: list[Question], backend: Backend, cfg: DebateParams,
     return records
 
 
+def _protocol() -> list[str]:
+    """The prompts rendered on a probe question: any change in their wording changes the fingerprint."""
+    probe = Question("probe", "probe", "PROBLEM", "0", "number")
+    choice = Question("probe", "probe", "PROBLEM", "A", "choice", ["x", "y"])
+    return [question_prompt(probe), question_prompt(choice), revision_prompt(probe, ["PEER"]),
+            revision_prompt(probe, []), summarizer_prompt(probe, ["FINAL"])]
+
+
 def fingerprint(*sections) -> str:
-    """A hash of the settings that shape a record; records made under other settings are discarded."""
-    payload = json.dumps([s.model_dump() if hasattr(s, "model_dump") else s for s in sections], sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    """A hash of the settings and prompts that shape a record; records made otherwise are discarded."""
+    return training_fingerprint([s.model_dump() if hasattr(s, "model_dump") else s for s in sections], _protocol())
 
 
 def run_debate(splits: dict[str, list[Question]], backend: Backend, cfg: DebateParams, records_path: str | Path,

@@ -114,3 +114,15 @@ def systems_table(metrics: dict) -> pd.DataFrame:
     return pd.DataFrame([{"system": s, **{k: v for k, v in metrics[s].items() if k != "ci95"},
                           "ci95_low": metrics[s]["ci95"][0], "ci95_high": metrics[s]["ci95"][1]}
                          for s in SYSTEMS])
+
+
+def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
+    """Area under the ROC curve: the probability that a random positive outscores a random
+    negative (ties count half). NaN when either class is absent."""
+    scores, labels = np.asarray(scores, dtype=float), np.asarray(labels, dtype=bool)
+    pos, neg = scores[labels], scores[~labels]
+    if pos.size == 0 or neg.size == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return float((greater + 0.5 * ties) / (pos.size * neg.size))

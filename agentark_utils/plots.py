@@ -61,3 +61,40 @@ def loss_curve(log_history: list[dict], title: str, path: str | Path | None = No
     ax.set(xlabel="optimizer step", ylabel="training loss (weighted completion NLL)", title=title)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _save(fig, path)
+
+
+def prm_scores(scores: pd.DataFrame, path: str | Path | None = None):
+    """The PRM's step scores by step label, on the traces it trained on and on held-out traces.
+
+    `scores` has columns split ("train" / "held-out"), label (0/1) and score.
+    """
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    data = scores.assign(step=scores["label"].map({1: "correct step", 0: "wrong step"}))
+    sns.boxplot(data=data, x="split", y="score", hue="step", hue_order=["correct step", "wrong step"], ax=ax,
+                fliersize=2)
+    ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+    ax.set(xlabel="", ylabel="PRM score sigma(R) per step", ylim=(0, 1),
+           title="PRM step scores: a good PRM puts correct steps above wrong ones")
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+GRPO_PANELS = {"reward_mean": "reward (mean over completions)", "frac_zero_std_groups": "groups with zero reward variance",
+               "kl": "KL to the start policy", "completion_length": "completion length (tokens)"}
+
+
+def grpo_curves(log: pd.DataFrame, path: str | Path | None = None):
+    """GRPO per step: reward (with its std as a band), dead groups, KL and completion length."""
+    sns.set_theme(style="whitegrid")
+    fig, axes = plt.subplots(2, 2, figsize=(8, 5.5), sharex=True)
+    for ax, (column, label) in zip(axes.flat, GRPO_PANELS.items()):
+        ax.plot(log["step"], log[column], marker="o")
+        if column == "reward_mean":
+            ax.fill_between(log["step"], log["reward_mean"] - log["reward_std"], log["reward_mean"] + log["reward_std"],
+                            alpha=0.2)
+        ax.set(title=label, xlabel="GRPO step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle("GRPO against the PRM")
+    fig.tight_layout()
+    return _save(fig, path)

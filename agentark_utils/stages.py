@@ -35,6 +35,8 @@ STAGES = {
                      {"debate_dir": "results/debate"}),
     "sft": Stage("notebooks/03_sft.ipynb", ("model", "sft", "evaluation"), "results/sft/{strategy}",
                  {"debate_dir": "results/debate", "extract_dir": "results/extract", "model_dir": "models/{strategy}"}),
+    "pad": Stage("notebooks/04_pad.ipynb", ("model", "prm", "grpo", "evaluation"), "results/pad",
+                 {"debate_dir": "results/debate", "prm_dir": "models/prm", "model_dir": "models/pad"}),
 }
 
 

@@ -56,6 +56,15 @@ DELETE = object()
         ("sft.learning_rate", 0, "sft.learning_rate: Input should be greater than 0"),
         ("sft.lora_r", -1, "sft.lora_r"),
         ("evaluation", DELETE, "evaluation: Field required"),
+        ("grpo.group_size", 1, "grpo.group_size: Input should be greater than or equal to 2"),
+        ("grpo.batch_size", 6, "batch_size (6) must be a multiple of group_size (4)"),
+        ("grpo.aggregation", "median", "grpo.aggregation: Input should be 'mean', 'min' or 'softmin'"),
+        ("grpo.epsilon", 1.5, "grpo.epsilon: Input should be less than 1"),
+        ("grpo.answer_reward_weight", -1, "grpo.answer_reward_weight"),
+        ("grpo.prm_reward_weight", 0, "both 0: nothing to optimise"),
+        ("prm.tau", 0, "prm.tau: Input should be greater than 0"),
+        ("prm.stage1_steps", -1, "prm.stage1_steps"),
+        ("prm", DELETE, "prm: Field required"),
     ],
 )
 def test_bad_params_name_the_key(path, value, message):

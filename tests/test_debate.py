@@ -135,6 +135,15 @@ def test_run_debate_resumes_skips_finished_ids_and_drops_other_settings(tmp_path
     assert [r["fingerprint"] for r in read_jsonl(path)] == [fingerprint(other)]
 
 
+def test_a_changed_prompt_wording_changes_the_fingerprint(monkeypatch):
+    from agentark_utils import debate
+
+    params = cfg()
+    before = fingerprint(params)
+    monkeypatch.setitem(debate.INSTRUCTIONS, "number", "Answer quickly.")
+    assert fingerprint(params) != before  # old records are not reused under a new prompt
+
+
 @pytest.mark.parametrize("text", ["", "\x00\x01", "ünïcödé only", "9" * 5000, "Final Answer: \\boxed{"])
 def test_odd_model_outputs_are_unparsed_or_graded_never_a_crash(text):
     (record,) = debate_chunk([Q1], ScriptedBackend(lambda c, i, t: text), cfg(rounds=1), seed=0)

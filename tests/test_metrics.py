@@ -77,3 +77,17 @@ def test_jsonl_survives_a_torn_line_and_json_writes_are_atomic(tmp_path):
     assert read_jsonl(path) == [{"b": 1}]
     write_json(tmp_path / "m.json", {"x": 1})
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("scores, labels, expected", [
+    ([0.9, 0.8, 0.2, 0.1], [1, 1, 0, 0], 1.0),
+    ([0.1, 0.2, 0.8, 0.9], [1, 1, 0, 0], 0.0),
+    ([0.5, 0.5, 0.5, 0.5], [1, 0, 1, 0], 0.5),  # ties count half
+    ([0.9, 0.3, 0.6, 0.1], [1, 1, 0, 0], 0.75),  # 3 of the 4 positive-negative pairs are ordered right
+    ([0.4, 0.6], [1, 1], None),  # one class only: undefined
+])
+def test_auroc(scores, labels, expected):
+    from agentark_utils.metrics import auroc
+
+    value = auroc(scores, labels)
+    assert (value != value) if expected is None else value == pytest.approx(expected)

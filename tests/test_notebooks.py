@@ -15,6 +15,8 @@ def tiny_params(tmp_path, model_dir) -> str:
     params["debate"].update(n_agents=2, rounds=2, max_new_tokens=8, chunk_size=2, bootstrap_samples=100)
     params["sft"].update(epochs=1, batch_size=4, bf16=False)
     params["evaluation"].update(max_new_tokens=8, bootstrap_samples=100)
+    params["prm"].update(stage1_steps=2, stage2_steps=1, bf16=False)
+    params["grpo"].update(steps=1, group_size=2, batch_size=4, max_completion_length=8, bf16=False)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return str(path)
@@ -84,3 +86,31 @@ def test_sft_stage_needs_a_known_strategy(tmp_path, tiny_model_dir):
 
     with pytest.raises(SystemExit, match="needs --strategy"):
         run_stage("sft", tiny_params(tmp_path, tiny_model_dir), strategy="rsfft")
+
+
+def test_pad_notebook(tmp_path, tiny_model_dir):
+    """Hand-made debates with step-structured traces -> PRM -> one GRPO step -> evaluation."""
+    from agentark_utils.store import append_jsonl
+    from test_extraction import record
+
+    good, bad = "2 + 3 = 5\n\nFinal Answer: 5", "2 + 3 = 6\n\nFinal Answer: 6"
+    debate_dir = tmp_path / "debate"
+    append_jsonl(debate_dir / "records.jsonl", [
+        record([[("correct", good), ("wrong", bad)], [("correct", good), ("correct", good)]], "a"),
+        record([[("wrong", bad), ("correct", good)]], "b"),
+        record([[("correct", good), ("wrong", bad)]], "t1", split="test"),
+        record([[("wrong", bad), ("wrong", bad)]], "t2", split="test"),
+    ])
+    out, prm_dir, model_dir = tmp_path / "pad", tmp_path / "models" / "prm", tmp_path / "models" / "pad"
+    run_stage("pad", tiny_params(tmp_path, tiny_model_dir), out_dir=str(out),
+              paths={"debate_dir": str(debate_dir), "prm_dir": str(prm_dir), "model_dir": str(model_dir)})
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["prm"]["n_questions"] == 2 and metrics["prm"]["held-out"]["n_steps"] == 4
+    assert 0 <= metrics["prm"]["held-out"]["auroc"] <= 1
+    assert metrics["grpo"]["steps"] == 1
+    for model in ("base", "student"):
+        assert metrics[model]["calls_per_question"] == 1 and 0 <= metrics[model]["accuracy"] <= 1
+    assert (prm_dir / "model.safetensors").exists() and (model_dir / "model.safetensors").exists()
+    for name in ("prm_loss.png", "prm_scores.png", "grpo.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert len((out / "grpo_log.csv").read_text().splitlines()) == 2  # header + one step

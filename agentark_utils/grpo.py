@@ -1,0 +1,89 @@
+"""Strategy 3, part 2: GRPO on the student with the PRM as reward (TRL's `GRPOTrainer`).
+
+For each prompt the policy samples `group_size` completions; each completion's reward is the
+weighted sum of the registered rewards (`rewards.py`): the PRM's aggregated step score and,
+optionally, the verifiable answer. Advantages are z-scored within the group (the paper's Eq. 5),
+the ratio is clipped at 1 +- epsilon and a KL term with weight beta keeps the policy near its start
+(Eqs. 3-4; loss_type "grpo" normalises each completion by its length, as Eq. 4 averages per output).
+
+On a GPU with vLLM installed, rollouts go through vLLM (colocated); otherwise through `generate`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agentark_utils.config import GRPOParams
+from agentark_utils.debate import question_prompt
+from agentark_utils.tasks import Question
+from agentark_utils.training import fingerprint, prepare_checkpoints, stop_on_non_finite_callback
+
+# What TRL logs per step, renamed for the tables and plots.
+LOGGED = {"reward": "reward_mean", "reward_std": "reward_std", "frac_reward_zero_std": "frac_zero_std_groups",
+          "kl": "kl", "completions/mean_length": "completion_length", "loss": "loss"}
+
+
+@dataclass
+class GRPOResult:
+    steps: int
+    n_prompts: int
+    wall_s: float
+    used_vllm: bool
+    log: list[dict] = field(default_factory=list)  # one row per step, LOGGED columns
+
+    def summary(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "log"}
+
+
+def prompt_rows(questions: list[Question]) -> list[dict]:
+    """GRPO dataset rows: the same prompt the debate and the evaluation use, plus the question."""
+    return [{"prompt": [{"role": "user", "content": question_prompt(q)}], "question": json.dumps(q.to_dict())}
+            for q in questions]
+
+
+def train_grpo(questions: list[Question], student: str, scorer, out_dir: str | Path, params: GRPOParams,
+               device: str = "auto", trust_remote_code: bool = False) -> GRPOResult:
+    """Optimise `student` on `questions` against the rewards; save the policy to `out_dir` atomically."""
+    import datasets
+    from trl import GRPOConfig, GRPOTrainer
+
+    from agentark_utils.models import load_causal_lm, save_atomically, torch_device
+    from agentark_utils.rewards import build_rewards
+
+    if not questions:
+        raise ValueError("GRPO needs at least one training question")
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir.with_name(out_dir.name + ".checkpoints")
+    resume = prepare_checkpoints(ckpt_dir, fingerprint(student, params.model_dump(), [q.id for q in questions]))
+    funcs, weights = build_rewards({"prm": params.prm_reward_weight, "answer": params.answer_reward_weight},
+                                   scorer, params.aggregation)
+    use_vllm = torch_device(device).startswith("cuda") and importlib.util.find_spec("vllm") is not None
+    config = GRPOConfig(
+        output_dir=str(ckpt_dir), max_steps=params.steps, learning_rate=params.learning_rate,
+        lr_scheduler_type="constant", per_device_train_batch_size=params.batch_size,
+        num_generations=params.group_size, beta=params.beta, epsilon=params.epsilon,
+        temperature=params.temperature, max_completion_length=params.max_completion_length,
+        loss_type="grpo", scale_rewards="group", reward_weights=weights, bf16=params.bf16,
+        seed=params.seed, data_seed=params.seed, logging_steps=1, save_strategy="steps",
+        save_steps=params.save_steps, save_total_limit=1, report_to=[], use_cpu=torch_device(device) == "cpu",
+        logging_nan_inf_filter=False, disable_tqdm=False,
+        use_vllm=use_vllm, vllm_mode="colocate",
+    )
+    model, tokenizer = load_causal_lm(student, dtype="float32", device=device, trust_remote_code=trust_remote_code)
+    model.train()
+    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=config,
+                          train_dataset=datasets.Dataset.from_list(prompt_rows(questions)),
+                          processing_class=tokenizer, callbacks=[stop_on_non_finite_callback()])
+    began = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    wall = time.perf_counter() - began
+    save_atomically(trainer.model, tokenizer, out_dir)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    log = [{"step": h["step"], **{new: h[old] for old, new in LOGGED.items() if old in h}}
+           for h in trainer.state.log_history if "reward" in h]
+    return GRPOResult(steps=params.steps, n_prompts=len(questions), wall_s=wall, used_vllm=use_vllm, log=log)
