@@ -174,6 +174,24 @@ class EvaluationParams(_Section):
     seed: int = 0
 
 
+class GridParams(_Section):
+    """Section `grid`: which test sets every model answers, besides the debate's own test split."""
+
+    ood_tasks: list[str] = Field(default_factory=list)  # other task families: out-of-domain
+    n_ood: int = Field(default=32, ge=1)
+    seed: int = 1
+
+    @field_validator("ood_tasks")
+    @classmethod
+    def _known_tasks(cls, value: list[str]) -> list[str]:
+        from agentark_utils.tasks import TASKS
+
+        unknown = [t for t in value if t not in TASKS]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; known tasks: {', '.join(sorted(TASKS))}")
+        return value
+
+
 class DebateStage(_Section):
     """The sections the debate stage reads."""
 
@@ -198,6 +216,14 @@ class PADStage(_Section):
     prm: PRMParams
     grpo: GRPOParams
     evaluation: EvaluationParams
+    grid: GridParams
+
+
+class EvaluateStage(_Section):
+    model: ModelParams
+    data: DataParams
+    evaluation: EvaluationParams
+    grid: GridParams
 
 
 class Params(DebateStage):
@@ -208,6 +234,7 @@ class Params(DebateStage):
     prm: PRMParams
     grpo: GRPOParams
     evaluation: EvaluationParams
+    grid: GridParams
 
 
 def _format(error: ValidationError, source: str) -> str:

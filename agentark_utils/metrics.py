@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -126,3 +127,24 @@ def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
     greater = (pos[:, None] > neg[None, :]).sum()
     ties = (pos[:, None] == neg[None, :]).sum()
     return float((greater + 0.5 * ties) / (pos.size * neg.size))
+
+
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """Exact two-sided McNemar test: p-value of `only_a` vs `only_b` discordant pairs under 50/50."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def paired_comparison(model: Sequence[bool], base: Sequence[bool], n_boot: int = 1000, seed: int = 0) -> dict:
+    """A model against the base on the same questions: accuracy difference with a paired bootstrap
+    95 % CI, the discordant pairs and McNemar's exact p-value."""
+    model, base = np.asarray(model, dtype=float), np.asarray(base, dtype=float)
+    if model.shape != base.shape:
+        raise ValueError(f"paired comparison needs the same questions: {model.size} vs {base.size} answers")
+    gained, lost = int(((model == 1) & (base == 0)).sum()), int(((model == 0) & (base == 1)).sum())
+    return {"difference": float((model - base).mean()) if model.size else float("nan"),
+            "ci95": bootstrap_ci(model - base, n_boot, seed), "gained": gained, "lost": lost,
+            "mcnemar_p": mcnemar_p(gained, lost)}

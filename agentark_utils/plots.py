@@ -36,19 +36,48 @@ def accuracy_by_round(table: pd.DataFrame, single_accuracy: float, final_accurac
 
 
 def cost_vs_accuracy(metrics: dict, path: str | Path | None = None):
-    """Tokens per question against accuracy (95 % CI bars) for each system."""
+    """Tokens per question against accuracy (95 % CI bars) for each system of the debate stage."""
+    points = pd.DataFrame([{"name": LABELS[system], **metrics[system]} for system in SYSTEMS])
+    return cost_accuracy_points(points, "Cost vs accuracy", path)
+
+
+def cost_accuracy_points(points: pd.DataFrame, title: str, path: str | Path | None = None):
+    """One point per system or model: tokens per question (log x) against accuracy with its 95 % CI.
+
+    `points` has columns name, tokens_per_question, accuracy, ci95 ([low, high]), calls_per_question.
+    """
     sns.set_theme(style="whitegrid")
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    palette = sns.color_palette("deep", len(SYSTEMS))
-    for color, system in zip(palette, SYSTEMS):
-        m = metrics[system]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    palette = sns.color_palette("deep", len(points))
+    for color, (_, m) in zip(palette, points.iterrows()):
         low, high = m["ci95"]
         ax.errorbar(m["tokens_per_question"], m["accuracy"], yerr=[[m["accuracy"] - low], [high - m["accuracy"]]],
-                    fmt="o", color=color, capsize=4, label=f"{LABELS[system]} ({m['calls_per_question']:.1f} calls)")
+                    fmt="o", color=color, capsize=4, label=f"{m['name']} ({m['calls_per_question']:.1f} calls)")
     ax.set_xscale("log")
     ax.set(xlabel="tokens per question (prompt + generated, log scale)", ylabel="accuracy (95 % CI)", ylim=(0, 1),
-           title="Cost vs accuracy")
-    ax.legend(loc="upper left", fontsize=8)
+           title=title)
+    ax.legend(loc="upper left", fontsize=7, ncol=2 if len(points) > 5 else 1)
+    return _save(fig, path)
+
+
+def accuracy_grid(results: pd.DataFrame, path: str | Path | None = None):
+    """Accuracy with 95 % CI of every model on every test set; the base model's accuracy dashed."""
+    sns.set_theme(style="whitegrid")
+    test_sets = list(dict.fromkeys(results["test_set"]))
+    fig, axes = plt.subplots(1, len(test_sets), figsize=(4.2 * len(test_sets), 0.45 * results["model"].nunique() + 1.6),
+                             sharey=True, squeeze=False)
+    for ax, test_set in zip(axes[0], test_sets):
+        rows = results[results["test_set"] == test_set].reset_index(drop=True)
+        low = rows["accuracy"] - rows["ci95"].str[0]
+        high = rows["ci95"].str[1] - rows["accuracy"]
+        ax.errorbar(rows["accuracy"], rows["model"], xerr=[low, high], fmt="o", capsize=3)
+        base = rows.loc[rows["model"] == "base", "accuracy"]
+        if len(base):
+            ax.axvline(base.iloc[0], color="grey", linestyle="--", linewidth=1, label="base")
+        ax.set(title=f"test set: {test_set} (n={rows['n'].iloc[0]})", xlabel="accuracy (95 % CI)", xlim=(0, 1))
+    axes[0][0].invert_yaxis()
+    fig.suptitle("Every model on every test set (greedy, one generation per question)")
+    fig.tight_layout()
     return _save(fig, path)
 
 

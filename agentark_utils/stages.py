@@ -37,6 +37,8 @@ STAGES = {
                  {"debate_dir": "results/debate", "extract_dir": "results/extract", "model_dir": "models/{strategy}"}),
     "pad": Stage("notebooks/04_pad.ipynb", ("model", "prm", "grpo", "evaluation"), "results/pad",
                  {"debate_dir": "results/debate", "prm_dir": "models/prm", "model_dir": "models/pad"}),
+    "evaluate": Stage("notebooks/05_evaluate.ipynb", ("model", "data", "evaluation", "grid"), "results/eval",
+                      {"debate_dir": "results/debate", "figures_dir": "results/figures"}),
 }
 
 

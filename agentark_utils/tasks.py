@@ -126,6 +126,11 @@ _CHAIN = _rg("chain_sum", min_terms=2, max_terms=3, min_digits=1, max_digits=2)
 _MUL = _rg("basic_arithmetic", min_terms=2, max_terms=2, min_digits=1, max_digits=2,
            operators=("+", "-", "*"), allow_parentheses=False, allow_negation=False)
 
+# Another family, for out-of-domain tests of students trained on arithmetic. Greedy SmolLM2 solves
+# 3/32 (leg counting, also tried, 0/32).
+_EQUATIONS = _rg("simple_equations", min_terms=2, max_terms=2, min_value=1, max_value=9, operators=("+", "-"),
+                 operators_weights=[0.5, 0.5])
+
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in [
@@ -133,6 +138,7 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("add_sub", "reasoning-gym add/subtract, 2-3 one-digit terms", "number", (_ADD_SUB,)),
         TaskSpec("chain_sum", "reasoning-gym chain sums, 1-2 digits", "number", (_CHAIN,)),
         TaskSpec("mul", "reasoning-gym two-term +,-,* with 1-2 digits", "number", (_MUL,)),
+        TaskSpec("equations", "reasoning-gym one-unknown linear equations, +/- with 1-9", "number", (_EQUATIONS,)),
         TaskSpec("gsm8k", "GSM8K (test: 1319)", "math", hf_path="openai/gsm8k", hf_config="main",
                  train_split="train", test_split="test", parse_row=_gsm8k_row),
         TaskSpec("math500", "MATH-500 (test only: train and test are disjoint parts of it)", "math",

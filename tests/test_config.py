@@ -65,6 +65,7 @@ DELETE = object()
         ("prm.tau", 0, "prm.tau: Input should be greater than 0"),
         ("prm.stage1_steps", -1, "prm.stage1_steps"),
         ("prm", DELETE, "prm: Field required"),
+        ("grid.ood_tasks", ["equations", "poetry"], "grid.ood_tasks: unknown task(s) ['poetry']"),
     ],
 )
 def test_bad_params_name_the_key(path, value, message):

@@ -91,3 +91,26 @@ def test_auroc(scores, labels, expected):
 
     value = auroc(scores, labels)
     assert (value != value) if expected is None else value == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("only_a, only_b, p", [
+    (0, 0, 1.0),
+    (5, 5, 1.0),
+    (6, 0, 2 / 2**6),  # all discordant pairs one way
+    (1, 4, 2 * (1 + 5) / 2**5),  # 2 * P(X <= 1), X ~ Bin(5, 1/2)
+    (10, 0, 2 / 2**10),
+])
+def test_mcnemar_exact(only_a, only_b, p):
+    assert metrics.mcnemar_p(only_a, only_b) == pytest.approx(p)
+
+
+def test_paired_comparison_counts_discordant_pairs():
+    model = [1, 1, 1, 0, 1, 0]
+    base = [0, 0, 1, 0, 1, 1]
+    result = metrics.paired_comparison(model, base, n_boot=200, seed=0)
+    assert result["difference"] == pytest.approx(1 / 6)
+    assert (result["gained"], result["lost"]) == (2, 1)
+    assert result["ci95"][0] <= result["difference"] <= result["ci95"][1]
+    assert result["mcnemar_p"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="same questions"):
+        metrics.paired_comparison([1], [1, 0])

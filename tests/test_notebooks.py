@@ -114,3 +114,38 @@ def test_pad_notebook(tmp_path, tiny_model_dir):
     for name in ("prm_loss.png", "prm_scores.png", "grpo.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     assert len((out / "grpo_log.csv").read_text().splitlines()) == 2  # header + one step
+
+
+def test_evaluate_notebook(tmp_path, tiny_model_dir):
+    """Base + two 'students' (the tiny model twice) on the in-domain test split and one OOD family."""
+    import yaml as _yaml
+
+    from agentark_utils.store import append_jsonl
+    from test_extraction import R, record
+
+    debate_dir = tmp_path / "debate"
+    records = [record([R("correct", "wrong")], "a"), record([R("correct", "correct")], "t1", split="test"),
+               record([R("wrong", "wrong")], "t2", split="test")]
+    for r in records:  # the votes the debate stage stores with each record
+        r["debate"]["final"] = {k: r["debate"]["summarizer"][k] for k in ("answer", "status")}
+        r["self_consistency"].update({k: r["self_consistency"]["samples"][0][k] for k in ("answer", "status")})
+    append_jsonl(debate_dir / "records.jsonl", records)
+    params_path = tiny_params(tmp_path, tiny_model_dir)
+    params = _yaml.safe_load(open(params_path))
+    params["grid"].update(ood_tasks=["equations"], n_ood=3)
+    (tmp_path / "params.yaml").write_text(_yaml.safe_dump(params))
+    out, figures = tmp_path / "eval", tmp_path / "figures"
+    run_stage("evaluate", params_path, out_dir=str(out),
+              paths={"debate_dir": str(debate_dir), "figures_dir": str(figures),
+                     "students": {"rsft": str(tiny_model_dir), "pad": str(tiny_model_dir)}})
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["accuracy"]) == {"base", "rsft", "pad"}
+    assert {k: v["n"] for k, v in metrics["accuracy"]["pad"].items()} == {
+        "arith_mix (in-domain)": 2, "equations (out-of-domain)": 3}
+    cost = metrics["cost"]
+    assert set(cost) == {"single agent", "self-consistency", "debate", "base", "rsft", "pad"}
+    assert cost["pad"]["calls_per_question"] == 1
+    assert cost["pad"]["debate / this (calls_per_question)"] == cost["debate"]["calls_per_question"]
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 3 * (2 + 3)
+    for name in ("accuracy_grid.png", "cost_accuracy.png"):
+        assert (figures / name).read_bytes()[:4] == b"\x89PNG"

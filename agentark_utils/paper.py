@@ -1,0 +1,46 @@
+"""The paper's published numbers (Tables 8-13 of arXiv 2602.03955), shipped in
+`agentark_utils/data/paper_tables.csv`, and the headline recomputed from them.
+
+Columns: source_table, student, teacher, method (RSFT, DA, PAD; SFT for Table 8's answer-only
+baseline), test_set, train_set, accuracy, student_base_accuracy (all in %). Cite the paper when
+you reuse these numbers.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import pandas as pd
+
+MAIN_TABLES = ("Table 9", "Table 10", "Table 11", "Table 12", "Table 13")
+
+
+def paper_tables() -> pd.DataFrame:
+    """Every printed cell of Tables 8-13, with its gain over the student's base accuracy."""
+    with resources.files("agentark_utils").joinpath("data/paper_tables.csv").open() as f:
+        table = pd.read_csv(f)
+    return table.assign(gain_points=table["accuracy"] - table["student_base_accuracy"],
+                        relative_gain_pct=100 * (table["accuracy"] / table["student_base_accuracy"] - 1))
+
+
+def mean_relative_gain(table: pd.DataFrame, method: str, teacher: str | None = None) -> float:
+    """Mean relative gain (%) over the base, over the cells of Tables 9-13 for one method (and teacher)."""
+    cells = table[table["source_table"].isin(MAIN_TABLES) & (table["method"] == method)]
+    if teacher is not None:
+        cells = cells[cells["teacher"] == teacher]
+    if cells.empty:
+        raise ValueError(f"no cells for method {method!r} and teacher {teacher!r}")
+    return float(cells["relative_gain_pct"].mean())
+
+
+def headline(table: pd.DataFrame | None = None) -> float:
+    """The abstract's '+4.8 %': PAD with the Qwen3-32B teacher, mean relative gain over its 40 cells."""
+    return mean_relative_gain(paper_tables() if table is None else table, "PAD", "Qwen3-32B")
+
+
+def gains_by_method(table: pd.DataFrame, teacher: str = "Qwen3-32B") -> pd.DataFrame:
+    """Mean relative gain per method and test set for one teacher (Tables 9-13), plus Table 8's answer-only SFT."""
+    main = table[table["source_table"].isin(MAIN_TABLES) & (table["teacher"] == teacher)]
+    answer_only = table[table["source_table"] == "Table 8"]
+    rows = pd.concat([main, answer_only.assign(method="answer-only SFT")])
+    return rows.groupby(["method", "test_set"], as_index=False)["relative_gain_pct"].mean()

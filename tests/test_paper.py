@@ -1,0 +1,36 @@
+"""The shipped paper numbers and the headline recomputed from them."""
+
+import pytest
+
+from agentark_utils.paper import gains_by_method, headline, mean_relative_gain, paper_tables
+
+
+def test_shipped_tables_are_complete():
+    table = paper_tables()
+    assert table["source_table"].value_counts().to_dict() == {
+        "Table 9": 72, "Table 10": 72, "Table 11": 72, "Table 12": 72, "Table 13": 72, "Table 8": 40}
+    assert table["accuracy"].between(0, 100).all() and table["student_base_accuracy"].between(0, 100).all()
+
+
+def test_headline_is_the_papers_4_8_percent():
+    assert round(headline(), 2) == 4.80
+
+
+@pytest.mark.parametrize("method, teacher, expected", [
+    ("DA", "Qwen3-32B", 4.70),  # the digest's reconstruction of the other two methods
+    ("RSFT", "Qwen3-32B", 2.37),
+    ("PAD", None, 2.62),  # all three teachers
+])
+def test_other_mean_gains(method, teacher, expected):
+    assert mean_relative_gain(paper_tables(), method, teacher) == pytest.approx(expected, abs=0.005)
+
+
+def test_gain_of_a_hand_made_cell_and_errors():
+    table = paper_tables()
+    row = table[(table["source_table"] == "Table 9") & (table["train_set"] == "gsm8k") & (table["test_set"] == "gsm8k")
+                & (table["method"] == "RSFT")].iloc[0]
+    assert row["relative_gain_pct"] == pytest.approx(100 * (row["accuracy"] / row["student_base_accuracy"] - 1))
+    with pytest.raises(ValueError, match="no cells"):
+        mean_relative_gain(table, "PPO")
+    by_method = gains_by_method(table)
+    assert set(by_method["method"]) == {"RSFT", "DA", "PAD", "answer-only SFT"}
