@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # DVC stage commands call `python`: make it the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup repro test clean-venv
+.PHONY: setup repro test bench bench-pipeline clean-venv
 
 setup: $(STAMP)
 
@@ -27,6 +27,16 @@ repro: setup
 
 test: setup
 	pytest -q
+
+# Speed and cost figures (README "Performance"): prints them, writes results/benchmarks/*.json.
+bench: setup
+	dvc repro provision_model
+	python benchmarks/debate_throughput.py
+	python benchmarks/cost.py
+
+# Wall time of every stage of the default pipeline and of a no-op re-run: run it on a fresh clone.
+bench-pipeline: setup
+	python benchmarks/pipeline.py
 
 clean-venv:
 	rm -rf $(VENV)

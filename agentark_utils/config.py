@@ -216,7 +216,6 @@ class PADStage(_Section):
     prm: PRMParams
     grpo: GRPOParams
     evaluation: EvaluationParams
-    grid: GridParams
 
 
 class EvaluateStage(_Section):

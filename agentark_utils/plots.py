@@ -127,3 +127,60 @@ def grpo_curves(log: pd.DataFrame, path: str | Path | None = None):
     fig.suptitle("GRPO against the PRM")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def gains_side_by_side(ours: pd.DataFrame, paper: pd.DataFrame, path: str | Path | None = None):
+    """The paper's Fig. 3 question, answered twice: gain in accuracy points over the base.
+
+    `ours`: columns name, test_set, gain, low, high (a paired 95 % CI, points).
+    `paper`: columns method, test_set, gain_points (mean over the printed cells).
+    """
+    sns.set_theme(style="whitegrid")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.4 * max(ours["name"].nunique(), 4) + 2.2),
+                                      gridspec_kw={"wspace": 0.45})
+    test_sets = list(dict.fromkeys(ours["test_set"]))
+    palette = dict(zip(test_sets, sns.color_palette("deep", len(test_sets))))
+    names = list(dict.fromkeys(ours["name"]))
+    for k, test_set in enumerate(test_sets):
+        rows = ours[ours["test_set"] == test_set].set_index("name").reindex(names).dropna(subset=["gain"])
+        y = [names.index(n) + (k - (len(test_sets) - 1) / 2) * 0.25 for n in rows.index]
+        left.errorbar(rows["gain"], y, xerr=[rows["gain"] - rows["low"], rows["high"] - rows["gain"]], fmt="o",
+                      capsize=3, color=palette[test_set], label=test_set)
+    left.set_yticks(range(len(names)), names)
+    left.invert_yaxis()
+    left.axvline(0, color="grey", linewidth=1)
+    left.set(xlabel="gain over base (accuracy points, paired 95 % CI)",
+             title="This repo (SmolLM2-135M, default run)")
+    left.legend(fontsize=8, loc="lower right")
+    sns.barplot(data=paper, y="method", x="gain_points", hue="test_set", ax=right, orient="h")
+    right.axvline(0, color="grey", linewidth=1)
+    right.set(xlabel="mean gain over base (accuracy points)", ylabel="",
+              title="Paper (Tables 8-13, Qwen3-32B teacher; answer-only: Table 8)")
+    right.legend(fontsize=8, title="test set", loc="lower right")
+    return _save(fig, path)
+
+
+def grid_heatmaps(ours: pd.DataFrame, paper: pd.DataFrame, path: str | Path | None = None):
+    """Tables 9-13 as pictures: the paper's gains per student x (method, train set), one panel per
+    test set, beside our accuracy per model x test set.
+
+    `ours`: columns model, test_set, accuracy. `paper`: the rows of `paper.paper_tables()` to show.
+    """
+    sns.set_theme(style="white")
+    test_sets = sorted(paper["test_set"].unique())
+    fig, axes = plt.subplots(1, len(test_sets) + 1, figsize=(6 * len(test_sets) + 4.5, 4.2),
+                             gridspec_kw={"width_ratios": [3] * len(test_sets) + [1.6]})
+    for ax, test_set in zip(axes, test_sets):
+        cells = paper[paper["test_set"] == test_set]
+        table = cells.pivot_table(index="student", columns=["method", "train_set"], values="gain_points")
+        sns.heatmap(table, ax=ax, cmap="RdBu", center=0, annot=True, fmt=".1f", annot_kws={"size": 6},
+                    cbar_kws={"label": "gain over base (points)"})
+        ax.set(title=f"Paper, test on {test_set}: gain by method / train set", xlabel="", ylabel="")
+        ax.tick_params(axis="x", labelsize=7)
+    table = ours.pivot_table(index="model", columns="test_set", values="accuracy", sort=False)
+    sns.heatmap(table, ax=axes[-1], cmap="viridis", vmin=0, vmax=1, annot=True, fmt=".2f",
+                cbar_kws={"label": "accuracy"})
+    axes[-1].set(title="This repo: accuracy", xlabel="", ylabel="")
+    axes[-1].tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    return _save(fig, path)

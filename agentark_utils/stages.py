@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agentark_utils.config import load_params
+from agentark_utils.store import write_json
 
 KERNEL = os.environ.get("AGENTARK_KERNEL", "agentark")
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +40,35 @@ STAGES = {
                  {"debate_dir": "results/debate", "prm_dir": "models/prm", "model_dir": "models/pad"}),
     "evaluate": Stage("notebooks/05_evaluate.ipynb", ("model", "data", "evaluation", "grid"), "results/eval",
                       {"debate_dir": "results/debate", "figures_dir": "results/figures"}),
+    "figures": Stage("notebooks/08_figures.ipynb", (), "results/figures",
+                     {"eval_dir": "results/eval", "figures_dir": "results/figures"}),
 }
+
+
+# The packages whose versions shape results; recorded with every run (README "Reproducibility").
+RECORDED_PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "reasoning-gym", "math-verify",
+                     "papermill", "numpy", "pandas", "vllm")
+
+
+def environment() -> dict:
+    """The resolved environment of a run: Python, platform, accelerator and package versions.
+
+    No timestamps or host names: the file only changes when the environment does, so DVC does not
+    see a new output on every identical re-run.
+    """
+    import importlib.metadata
+    import platform
+
+    import torch
+
+    packages = {}
+    for name in RECORDED_PACKAGES:
+        try:
+            packages[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            packages[name] = None
+    return {"python": platform.python_version(), "platform": platform.system().lower(), "machine": platform.machine(),
+            "cuda": torch.version.cuda if torch.cuda.is_available() else None, "packages": packages}
 
 
 def run_stage(name: str, params_path: str | Path = "params.yaml", out_dir: str | None = None,
@@ -70,6 +99,7 @@ def run_stage(name: str, params_path: str | Path = "params.yaml", out_dir: str |
     executed.parent.mkdir(parents=True, exist_ok=True)
     papermill.execute_notebook(str(REPO / stage.notebook), str(executed), parameters=parameters, kernel_name=kernel,
                                progress_bar=False, log_output=True)
+    write_json(Path(out_dir) / "environment.json", environment())
     return executed
 
 

@@ -43,6 +43,11 @@ def test_debate_notebook(tmp_path, tiny_model_dir):
     for name in ("accuracy_by_round.png", "cost_vs_accuracy.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    env = json.loads((out / "environment.json").read_text())
+    import torch
+    assert env["packages"]["torch"] == torch.__version__.split("+")[0] or env["packages"]["torch"] == torch.__version__
+    assert env["python"].count(".") == 2 and "time" not in json.dumps(env)
+
     nb = json.loads(executed.read_text())
     injected = next(c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", []))
     assert str(tiny_model_dir) in "".join(injected["source"])
@@ -148,4 +153,12 @@ def test_evaluate_notebook(tmp_path, tiny_model_dir):
     assert cost["pad"]["debate / this (calls_per_question)"] == cost["debate"]["calls_per_question"]
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 3 * (2 + 3)
     for name in ("accuracy_grid.png", "cost_accuracy.png"):
+        assert (figures / name).read_bytes()[:4] == b"\x89PNG"
+
+    # and the paper side by side, from those results
+    run_stage("figures", params_path, out_dir=str(figures), paths={"eval_dir": str(out), "figures_dir": str(figures)})
+    comparison = json.loads((figures / "paper_comparison.json").read_text())
+    assert comparison["paper_headline_relative_gain_pct"] == 4.8
+    assert set(comparison["ours_gain_points"]) >= {"pad | arith_mix (in-domain)", "debate (vs single agent) | arith_mix (in-domain)"}
+    for name in ("strategies_vs_paper.png", "tables9_13_vs_ours.png"):
         assert (figures / name).read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,47 @@
+"""Shared by the benchmark scripts: the default model settings, questions, memory and the output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+from agentark_utils.config import load_params
+from agentark_utils.tasks import load_task
+
+
+def setup(n_questions: int):
+    """(params, questions): the validated params.yaml and the first test questions of its task."""
+    params = load_params("params.yaml")
+    _, test = load_task(params.data.task, 0, n_questions, seed=params.data.seed, path=params.data.path)
+    return params, test
+
+
+def reset_peak_rss() -> None:
+    """Start a new high-water mark for this process's resident memory (Linux)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_gib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def machine(device: str) -> dict:
+    info = {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(), "device": device}
+    if device.startswith("cuda"):
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def write(name: str, result: dict) -> Path:
+    path = Path("results/benchmarks") / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path

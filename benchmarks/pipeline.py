@@ -1,0 +1,61 @@
+"""End-to-end timing of the default pipeline: each `dvc repro` stage, then a no-op re-run.
+
+    make bench-pipeline          # on a fresh clone: every stage runs
+    python benchmarks/pipeline.py --out results/benchmarks/stages.json
+
+Stages run one at a time in dvc.yaml order (`dvc repro --single-item`), so each wall time is that
+stage's alone. A stage that is already up to date takes about a second: run this on a fresh clone
+to time real work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+
+
+def stage_names(dvc_yaml: Path) -> list[str]:
+    """Stages in file order, `foreach` stages expanded to name@item (dvc.yaml lists them in order)."""
+    names = []
+    for name, stage in yaml.safe_load(dvc_yaml.read_text())["stages"].items():
+        names += [f"{name}@{item}" for item in stage["foreach"]] if "foreach" in stage else [name]
+    return names
+
+
+def timed(command: list[str]) -> float:
+    began = time.perf_counter()
+    subprocess.run(command, check=True)
+    return time.perf_counter() - began
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="results/benchmarks/stages.json")
+    args = parser.parse_args()
+    stages = {name: round(timed(["dvc", "repro", "--single-item", name]), 1) for name in stage_names(Path("dvc.yaml"))}
+    noop = round(timed(["dvc", "repro"]), 1)
+    result = {
+        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                    "python": platform.python_version()},
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "stages_s": stages, "total_s": round(sum(stages.values()), 1), "noop_s": noop,
+        "targets": {"total_s": 1800, "noop_s": 15},
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    width = max(map(len, stages))
+    for name, seconds in stages.items():
+        print(f"{name:<{width}}  {seconds:8.1f} s")
+    print(f"{'total':<{width}}  {result['total_s']:8.1f} s   (target <= 1800 s)")
+    print(f"{'no-op re-run':<{width}}  {noop:8.1f} s   (target <= 15 s)")
+
+
+if __name__ == "__main__":
+    main()
