@@ -192,6 +192,23 @@ class GridParams(_Section):
         return value
 
 
+class RobustnessParams(_Section):
+    """Section `robustness`: perturbations of the in-domain test questions (robustness.py)."""
+
+    perturbations: list[str] = Field(min_length=1)
+    seed: int = 0
+
+    @field_validator("perturbations")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        from agentark_utils.robustness import PERTURBATIONS
+
+        unknown = [name for name in value if name not in PERTURBATIONS]
+        if unknown:
+            raise ValueError(f"unknown perturbation(s) {unknown}; known: {', '.join(PERTURBATIONS)}")
+        return value
+
+
 class DebateStage(_Section):
     """The sections the debate stage reads."""
 
@@ -225,6 +242,12 @@ class EvaluateStage(_Section):
     grid: GridParams
 
 
+class RobustnessStage(_Section):
+    model: ModelParams
+    evaluation: EvaluationParams
+    robustness: RobustnessParams
+
+
 class Params(DebateStage):
     """The whole `params.yaml`: every section is required and checked."""
 
@@ -234,6 +257,7 @@ class Params(DebateStage):
     grpo: GRPOParams
     evaluation: EvaluationParams
     grid: GridParams
+    robustness: RobustnessParams
 
 
 def _format(error: ValidationError, source: str) -> str:

@@ -184,3 +184,25 @@ def grid_heatmaps(ours: pd.DataFrame, paper: pd.DataFrame, path: str | Path | No
     axes[-1].tick_params(axis="x", labelsize=7)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def robustness_changes(rows: pd.DataFrame, path: str | Path | None = None):
+    """Change in accuracy under each perturbation (paired 95 % CI), per model."""
+    sns.set_theme(style="whitegrid")
+    perturbations = list(dict.fromkeys(rows["perturbation"]))
+    models = list(dict.fromkeys(rows["model"]))
+    palette = dict(zip(perturbations, sns.color_palette("deep", len(perturbations))))
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(models) + 1.8))
+    for k, name in enumerate(perturbations):
+        part = rows[rows["perturbation"] == name].set_index("model").reindex(models).dropna(subset=["change"])
+        y = [models.index(m) + (k - (len(perturbations) - 1) / 2) * 0.22 for m in part.index]
+        low = part["change"] - part["change_ci95"].str[0]
+        high = part["change_ci95"].str[1] - part["change"]
+        ax.errorbar(part["change"], y, xerr=[low, high], fmt="o", capsize=3, color=palette[name], label=name)
+    ax.set_yticks(range(len(models)), models)
+    ax.invert_yaxis()
+    ax.axvline(0, color="grey", linewidth=1)
+    ax.set(xlabel="accuracy change vs the same questions unperturbed (paired 95 % CI)",
+           title="Robustness: in-domain test questions, perturbed")
+    ax.legend(fontsize=8, loc="lower left")
+    return _save(fig, path)

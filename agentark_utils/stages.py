@@ -40,6 +40,8 @@ STAGES = {
                  {"debate_dir": "results/debate", "prm_dir": "models/prm", "model_dir": "models/pad"}),
     "evaluate": Stage("notebooks/05_evaluate.ipynb", ("model", "data", "evaluation", "grid"), "results/eval",
                       {"debate_dir": "results/debate", "figures_dir": "results/figures"}),
+    "robustness": Stage("notebooks/06_robustness.ipynb", ("model", "evaluation", "robustness"), "results/robustness",
+                        {"debate_dir": "results/debate", "eval_dir": "results/eval", "figures_dir": "results/figures"}),
     "figures": Stage("notebooks/08_figures.ipynb", (), "results/figures",
                      {"eval_dir": "results/eval", "figures_dir": "results/figures"}),
 }

@@ -66,6 +66,8 @@ DELETE = object()
         ("prm.stage1_steps", -1, "prm.stage1_steps"),
         ("prm", DELETE, "prm: Field required"),
         ("grid.ood_tasks", ["equations", "poetry"], "grid.ood_tasks: unknown task(s) ['poetry']"),
+        ("robustness.perturbations", ["typos"], "robustness.perturbations: unknown perturbation(s) ['typos']"),
+        ("robustness.perturbations", [], "robustness.perturbations: List should have at least 1 item"),
     ],
 )
 def test_bad_params_name_the_key(path, value, message):
@@ -154,3 +156,9 @@ def test_bad_dataset_files(tmp_path):
     broken.write_text('{"question": "a"}\n{"question": \n')
     with pytest.raises(DatasetError, match="line 2: not valid JSON"):
         read_rows(broken)
+
+
+def test_paper_profile_is_valid():
+    params = load_params(ROOT / "profiles" / "paper.yaml")
+    assert (params.debate.n_agents, params.debate.rounds) == (5, 3) and params.model.backend == "vllm"
+    assert params.grpo.batch_size % params.grpo.group_size == 0

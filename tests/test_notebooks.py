@@ -155,6 +155,17 @@ def test_evaluate_notebook(tmp_path, tiny_model_dir):
     for name in ("accuracy_grid.png", "cost_accuracy.png"):
         assert (figures / name).read_bytes()[:4] == b"\x89PNG"
 
+    # robustness: the in-domain test questions perturbed, against the clean answers above
+    rob = tmp_path / "robustness"
+    run_stage("robustness", params_path, out_dir=str(rob),
+              paths={"debate_dir": str(debate_dir), "eval_dir": str(out), "figures_dir": str(figures),
+                     "students": {"pad": str(tiny_model_dir)}})
+    changes = json.loads((rob / "metrics.json").read_text())
+    # the hand-made questions carry no arithmetic expression, so `renumber` does not apply to them
+    assert set(changes) == {f"{m} | {p}" for m in ("base", "pad") for p in ("distractor", "peer_hint")}
+    assert all(v["n"] == 2 and -1 <= v["change"] <= 1 for v in changes.values())
+    assert (figures / "robustness.png").read_bytes()[:4] == b"\x89PNG"
+
     # and the paper side by side, from those results
     run_stage("figures", params_path, out_dir=str(figures), paths={"eval_dir": str(out), "figures_dir": str(figures)})
     comparison = json.loads((figures / "paper_comparison.json").read_text())
@@ -162,3 +173,25 @@ def test_evaluate_notebook(tmp_path, tiny_model_dir):
     assert set(comparison["ours_gain_points"]) >= {"pad | arith_mix (in-domain)", "debate (vs single agent) | arith_mix (in-domain)"}
     for name in ("strategies_vs_paper.png", "tables9_13_vs_ours.png"):
         assert (figures / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def _without_timings(value):
+    """Metrics with wall-clock measurements removed: those differ run to run, nothing else may."""
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if "latency" not in k and "wall" not in k}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
+
+
+def test_same_seed_same_results_twice(tmp_path, tiny_model_dir):
+    """The debate stage run twice from scratch on CPU: identical records and metrics (timings aside)."""
+    params = tiny_params(tmp_path, tiny_model_dir)
+    runs = []
+    for name in ("first", "second"):
+        out = tmp_path / name
+        run_stage("debate", params, out_dir=str(out))
+        records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+        runs.append((_without_timings(records), _without_timings(json.loads((out / "metrics.json").read_text()))))
+    assert runs[0] == runs[1]
+    assert runs[0][1]["n_questions"] == 4

@@ -1,0 +1,79 @@
+"""Each perturbation, table-driven, graded by the real checkers."""
+
+import random
+
+import pytest
+
+from agentark_utils.answers import is_correct
+from agentark_utils.robustness import PERTURBATIONS, evaluate_arithmetic, perturb
+from agentark_utils.tasks import Question, load_task
+
+RG = load_task("arith_mix", 0, 12, seed=0)[1]
+CHOICE = Question("m1", "medmcqa", "Which?", "B", "choice", ["x", "y", "z"])
+WORDS = Question("w1", "gsm8k", "How many?", "many", "math")
+
+
+@pytest.mark.parametrize("expression, value", [("1 + 5", 6), ("0 - 4 - 8", -12), ("3 * (2 - 7)", -15), ("-4 + 2", -2)])
+def test_evaluate_arithmetic(expression, value):
+    assert evaluate_arithmetic(expression) == value
+
+
+@pytest.mark.parametrize("expression", ["__import__('os')", "2 ** 8", "1 / 2", "x + 1"])
+def test_evaluate_arithmetic_refuses_anything_else(expression):
+    with pytest.raises(ValueError, match="not a"):
+        evaluate_arithmetic(expression)
+
+
+def test_renumber_recomputes_a_gold_answer_the_checker_accepts():
+    changed = perturb(RG, "renumber", seed=0)
+    assert len(changed) == len(RG)
+    for old, new in zip(RG, changed):
+        assert new.id == f"{old.id}~renumber" and new.metadata["expression"] in new.question
+        assert new.answer == str(evaluate_arithmetic(new.metadata["expression"]))
+        assert is_correct(new, new.answer)
+        assert [len(n) for n in __import__("re").findall(r"\d+", new.metadata["expression"])] == \
+               [len(n) for n in __import__("re").findall(r"\d+", old.metadata["expression"])]
+    assert any(new.answer != old.answer for old, new in zip(RG, changed))
+
+
+@pytest.mark.parametrize("name, question, applies", [
+    ("distractor", RG[0], True),
+    ("distractor", CHOICE, True),
+    ("peer_hint", RG[0], True),
+    ("peer_hint", CHOICE, True),
+    ("peer_hint", WORDS, False),  # no wrong answer to suggest for a non-numeric answer
+    ("renumber", RG[0], True),
+    ("renumber", CHOICE, False),
+    ("renumber", WORDS, False),
+])
+def test_which_questions_each_perturbation_applies_to(name, question, applies):
+    result = PERTURBATIONS[name](question, random.Random(0))
+    assert (result is not None) == applies
+    if result is not None and name != "renumber":
+        assert result.answer == question.answer and question.question in result.question
+
+
+def test_peer_hint_is_always_wrong_and_seeded():
+    for q in RG + [CHOICE]:
+        hinted = perturb([q], "peer_hint", seed=3)[0]
+        suggested = hinted.question.split("says the answer is ")[1].split(".")[0]
+        assert not is_correct(q, suggested)
+    assert perturb(RG, "distractor", seed=1) == perturb(RG, "distractor", seed=1)
+    assert perturb(RG, "distractor", seed=1) != perturb(RG, "distractor", seed=2)
+    with pytest.raises(ValueError, match="unknown perturbation"):
+        perturb(RG, "typos")
+
+
+def test_accuracy_drops_pair_by_original_question():
+    from agentark_utils.robustness import accuracy_drops
+
+    clean = [{"model": "m", "id": "a", "status": "correct"}, {"model": "m", "id": "b", "status": "correct"},
+             {"model": "m", "id": "c", "status": "wrong"}, {"model": "n", "id": "a", "status": "wrong"}]
+    perturbed = [{"model": "m", "id": "a~hint", "test_set": "hint", "status": "wrong"},
+                 {"model": "m", "id": "b~hint", "test_set": "hint", "status": "correct"},
+                 {"model": "m", "id": "c~hint", "test_set": "hint", "status": "unparsed"},
+                 {"model": "n", "id": "a~hint", "test_set": "hint", "status": "correct"}]
+    rows = {r["model"]: r for r in accuracy_drops(perturbed, clean, n_boot=100)}
+    assert (rows["m"]["n"], rows["m"]["clean_accuracy"], rows["m"]["perturbed_accuracy"]) == (3, 2 / 3, 1 / 3)
+    assert rows["m"]["change"] == pytest.approx(-1 / 3)
+    assert rows["n"]["change"] == 1.0 and rows["n"]["perturbation"] == "hint"
