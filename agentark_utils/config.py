@@ -242,6 +242,11 @@ class EvaluateStage(_Section):
     grid: GridParams
 
 
+class ReasoningStage(_Section):
+    model: ModelParams
+    evaluation: EvaluationParams
+
+
 class RobustnessStage(_Section):
     model: ModelParams
     evaluation: EvaluationParams

@@ -206,3 +206,20 @@ def robustness_changes(rows: pd.DataFrame, path: str | Path | None = None):
            title="Robustness: in-domain test questions, perturbed")
     ax.legend(fontsize=8, loc="lower left")
     return _save(fig, path)
+
+
+def reasoning_perplexity(ours: pd.DataFrame, paper: pd.DataFrame, path: str | Path | None = None):
+    """Table 1 as a picture: avg NLL of the gold reasoning span per model, ours (bootstrap CI) and the paper's.
+
+    `ours`: model, avg_nll, low, high. `paper`: model, avg_nll.
+    """
+    sns.set_theme(style="whitegrid")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.4 * len(ours) + 2), gridspec_kw={"wspace": 0.4})
+    left.errorbar(ours["avg_nll"], ours["model"], xerr=[ours["avg_nll"] - ours["low"], ours["high"] - ours["avg_nll"]],
+                  fmt="o", capsize=3)
+    left.invert_yaxis()
+    left.set(xlabel="avg NLL per reasoning token (95 % CI; lower = more likely)",
+             title="This repo: gold arithmetic reasoning, test split")
+    sns.barplot(data=paper, y="model", x="avg_nll", ax=right, orient="h", color=sns.color_palette("deep")[1])
+    right.set(xlabel="avg NLL per reasoning token", ylabel="", title="Paper Table 1 (Qwen3-0.6B student, GSM8K)")
+    return _save(fig, path)

@@ -42,6 +42,8 @@ STAGES = {
                       {"debate_dir": "results/debate", "figures_dir": "results/figures"}),
     "robustness": Stage("notebooks/06_robustness.ipynb", ("model", "evaluation", "robustness"), "results/robustness",
                         {"debate_dir": "results/debate", "eval_dir": "results/eval", "figures_dir": "results/figures"}),
+    "reasoning": Stage("notebooks/07_reasoning.ipynb", ("model", "evaluation"), "results/reasoning",
+                       {"debate_dir": "results/debate", "figures_dir": "results/figures"}),
     "figures": Stage("notebooks/08_figures.ipynb", (), "results/figures",
                      {"eval_dir": "results/eval", "figures_dir": "results/figures"}),
 }

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import yaml
 
 from agentark_utils.stages import run_stage
@@ -165,6 +166,16 @@ def test_evaluate_notebook(tmp_path, tiny_model_dir):
     assert set(changes) == {f"{m} | {p}" for m in ("base", "pad") for p in ("distractor", "peer_hint")}
     assert all(v["n"] == 2 and -1 <= v["change"] <= 1 for v in changes.values())
     assert (figures / "robustness.png").read_bytes()[:4] == b"\x89PNG"
+
+    # reasoning-span perplexity; the hand-made questions have no gold reasoning, so give one
+    gold = [dict(r, question={**r["question"], "reasoning": "2 + 3 = 5"}) for r in records]
+    (debate_dir / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in gold))
+    run_stage("reasoning", params_path, out_dir=str(tmp_path / "reasoning"),
+              paths={"debate_dir": str(debate_dir), "figures_dir": str(figures), "students": {"da": str(tiny_model_dir)}})
+    ppl = json.loads((tmp_path / "reasoning" / "metrics.json").read_text())
+    assert set(ppl) == {"base", "da"} and ppl["da"]["n_questions"] == 2
+    assert ppl["da"]["avg_nll"] == pytest.approx(ppl["base"]["avg_nll"])  # the same weights twice
+    assert (figures / "reasoning_perplexity.png").read_bytes()[:4] == b"\x89PNG"
 
     # and the paper side by side, from those results
     run_stage("figures", params_path, out_dir=str(figures), paths={"eval_dir": str(out), "figures_dir": str(figures)})

@@ -1,0 +1,81 @@
+"""Reasoning-span perplexity (the paper's Table 1): how likely each student finds a gold reasoning
+trace, teacher-forced, counting the reasoning tokens only (not the prompt, not the final answer).
+
+Gold reasoning: the dataset's own where it has one (GSM8K's rationale before '####', MATH
+solutions); for reasoning-gym arithmetic, built from the expression, one step per operation, left
+to right, in the same blank-line step format the prompts ask for.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+import torch.nn.functional as F
+
+from agentark_utils.robustness import evaluate_arithmetic
+from agentark_utils.steps import STEP_SEPARATOR
+from agentark_utils.tasks import Question
+
+
+def arithmetic_steps(expression: str) -> list[str] | None:
+    """'0 - 4 - 8' -> ['0 - 4 = -4', '-4 - 8 = -12']: left to right. None when precedence or
+    parentheses would make left to right wrong (a '*' after the first operation, or brackets)."""
+    tokens = re.findall(r"\d+|[-+*]", expression)
+    if "(" in expression or len(tokens) < 3 or len(tokens) % 2 == 0 or "*" in tokens[3::2]:
+        return None
+    steps, value = [], int(tokens[0])
+    for op, number in zip(tokens[1::2], tokens[2::2]):
+        new = evaluate_arithmetic(f"{value} {op} {number}".replace("- -", "+ "))
+        steps.append(f"{value} {op} {number} = {new}")
+        value = new
+    return steps
+
+
+def gold_reasoning(q: Question) -> str | None:
+    """The gold reasoning of a question, without its final answer; None if there is none."""
+    if q.reasoning:
+        return q.reasoning.strip()
+    expression = q.metadata.get("expression")
+    steps = arithmetic_steps(expression) if expression else None
+    return STEP_SEPARATOR.join(steps) if steps else None
+
+
+@torch.no_grad()
+def reasoning_nll(model, tokenizer, prompt: str, reasoning: str, answer: str) -> tuple[float, int]:
+    """(summed NLL, token count) of the reasoning span, given the chat-formatted prompt before it and
+    the final-answer line after it (which is in the input but not counted)."""
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+    pieces = [tokenizer(text, add_special_tokens=False)["input_ids"]
+              for text in (rendered, reasoning, f"{STEP_SEPARATOR}Final Answer: {answer}")]
+    ids = torch.tensor([pieces[0] + pieces[1] + pieces[2]], device=model.device)
+    start, end = len(pieces[0]), len(pieces[0]) + len(pieces[1])
+    logits = model(input_ids=ids).logits[0, start - 1 : end - 1].float()
+    nll = F.cross_entropy(logits, ids[0, start:end], reduction="sum")
+    return float(nll), end - start
+
+
+def reasoning_perplexity(model_ref: str, questions: list[Question], prompts: dict[str, str], device: str = "auto",
+                         dtype: str = "float32", n_boot: int = 1000, seed: int = 0) -> tuple[list[dict], dict]:
+    """Per question NLL of its gold reasoning, and the summary: token-weighted mean NLL, perplexity
+    exp(NLL), and a bootstrap CI (over questions) of the mean per-token NLL."""
+    from agentark_utils.metrics import bootstrap_ci
+    from agentark_utils.models import load_causal_lm
+
+    model, tokenizer = load_causal_lm(model_ref, dtype=dtype, device=device)
+    rows = []
+    for q in questions:
+        reasoning = gold_reasoning(q)
+        if reasoning is None:
+            continue
+        nll, n = reasoning_nll(model, tokenizer, prompts[q.id], reasoning, q.answer)
+        rows.append({"id": q.id, "nll_sum": nll, "tokens": n, "nll_per_token": nll / n})
+    if not rows:
+        raise ValueError("no question has a gold reasoning trace to score")
+    mean_nll = sum(r["nll_sum"] for r in rows) / sum(r["tokens"] for r in rows)
+    summary = {"n_questions": len(rows), "skipped": len(questions) - len(rows), "avg_nll": mean_nll,
+               "perplexity": math.exp(mean_nll),
+               "avg_nll_ci95": bootstrap_ci([r["nll_per_token"] for r in rows], n_boot, seed)}
+    return rows, summary

@@ -1,0 +1,58 @@
+"""Gold reasoning for arithmetic, and the reasoning-span NLL by hand."""
+
+import math
+
+import pytest
+import torch
+
+from agentark_utils.models import load_causal_lm
+from agentark_utils.perplexity import arithmetic_steps, gold_reasoning, reasoning_nll, reasoning_perplexity
+from agentark_utils.tasks import Question
+
+
+@pytest.mark.parametrize("expression, steps", [
+    ("1 + 5", ["1 + 5 = 6"]),
+    ("0 - 4 - 8", ["0 - 4 = -4", "-4 - 8 = -12"]),
+    ("12 * 3", ["12 * 3 = 36"]),
+    ("2 * 3 + 1", ["2 * 3 = 6", "6 + 1 = 7"]),  # left to right is right here
+    ("2 + 3 * 4", None),  # ... but not here
+    ("(1 + 2) - 3", None),
+    ("7", None),
+])
+def test_arithmetic_steps(expression, steps):
+    assert arithmetic_steps(expression) == steps
+
+
+def test_gold_reasoning_prefers_the_datasets_own():
+    q = Question("g", "gsm8k", "Q", "4", "math", reasoning="2 + 2 = 4")
+    assert gold_reasoning(q) == "2 + 2 = 4"
+    rg = Question("r", "t", "Calculate 0 - 4 - 8.", "-12", "number", metadata={"expression": "0 - 4 - 8"})
+    assert gold_reasoning(rg) == "0 - 4 = -4\n\n-4 - 8 = -12"
+    assert gold_reasoning(Question("n", "t", "Q", "1", "number")) is None
+
+
+def test_reasoning_nll_counts_only_the_reasoning_tokens(tiny_model_dir):
+    model, tok = load_causal_lm(str(tiny_model_dir), dtype="float32", device="cpu")
+    nll, n = reasoning_nll(model, tok, "What is 1 + 5?", "1 + 5 = 6", "6")
+    assert n == len(tok("1 + 5 = 6", add_special_tokens=False)["input_ids"])
+    # by hand: the same sum from the full sequence's log-probabilities
+    rendered = tok.apply_chat_template([{"role": "user", "content": "What is 1 + 5?"}], tokenize=False,
+                                       add_generation_prompt=True)
+    p = tok(rendered, add_special_tokens=False)["input_ids"]
+    r = tok("1 + 5 = 6", add_special_tokens=False)["input_ids"]
+    f = tok("\n\nFinal Answer: 6", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([p + r + f])).logits[0].float(), -1)
+    expected = -sum(logp[len(p) + i - 1, t].item() for i, t in enumerate(r))
+    assert nll == pytest.approx(expected, rel=1e-4)
+
+
+def test_reasoning_perplexity_summary(tiny_model_dir):
+    qs = [Question("a", "t", "Calculate 1 + 5.", "6", "number", metadata={"expression": "1 + 5"}),
+          Question("b", "t", "Calculate 2 + 3 * 4.", "14", "number", metadata={"expression": "2 + 3 * 4"})]
+    rows, summary = reasoning_perplexity(str(tiny_model_dir), qs, {q.id: q.question for q in qs}, device="cpu",
+                                         n_boot=100)
+    assert [r["id"] for r in rows] == ["a"] and summary["skipped"] == 1
+    assert summary["perplexity"] == pytest.approx(math.exp(summary["avg_nll"]))
+    with pytest.raises(ValueError, match="no question has a gold reasoning"):
+        reasoning_perplexity(str(tiny_model_dir), qs[1:], {"b": "Q"}, device="cpu")
