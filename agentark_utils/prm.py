@@ -214,7 +214,7 @@ def train_prm(traces: list[StepTrace], prompts: dict[str, str], base_model: str,
     Each stage checkpoints under `<out_dir>.checkpoints/stage<k>/`; a finished Stage I is kept as a
     model there, so a killed run resumes in the stage it was in.
     """
-    from transformers import TrainingArguments
+    from transformers import TrainingArguments, set_seed
 
     from agentark_utils.models import save_atomically, torch_device
 
@@ -229,6 +229,7 @@ def train_prm(traces: list[StepTrace], prompts: dict[str, str], base_model: str,
     ckpt_root.mkdir(parents=True, exist_ok=True)
     (ckpt_root / "fingerprint.txt").write_text(run_id)
 
+    set_seed(params.seed)  # the new head is initialised at load time, before any Trainer seeds
     model, tokenizer = load_prm(str(stage1_done) if stage1_done.exists() else base_model, trust_remote_code)
     items = question_items(traces, prompts, tokenizer, params.max_length)
     collator = StepBatchCollator(tokenizer.pad_token_id)

@@ -150,3 +150,13 @@ def test_question_items_group_by_question(tiny_model_dir):
     _, tok = load_prm(str(tiny_model_dir))
     items = question_items(traces, prompts, tok, max_length=512)
     assert len(items) == 4 and all(len(i["traces"]) == 3 for i in items)
+
+
+def test_same_seed_same_prm(tiny_model_dir, tmp_path):
+    """The fresh head is drawn at load time: without seeding it first, two runs differ."""
+    traces, prompts = traces_and_prompts()
+    params = PRMParams(stage1_steps=1, stage2_steps=0, stage1_learning_rate=1e-2, stage2_learning_rate=1e-2)
+    for name in ("a", "b"):
+        train_prm(traces, prompts, str(tiny_model_dir), tmp_path / name, params, device="cpu")
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert torch.equal(a["score.weight"], b["score.weight"])
