@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -60,8 +61,7 @@ def reasoning_nll(model, tokenizer, prompt: str, reasoning: str, answer: str) ->
 def reasoning_perplexity(model_ref: str, questions: list[Question], prompts: dict[str, str], device: str = "auto",
                          dtype: str = "float32", n_boot: int = 1000, seed: int = 0) -> tuple[list[dict], dict]:
     """Per question NLL of its gold reasoning, and the summary: token-weighted mean NLL, perplexity
-    exp(NLL), and a bootstrap CI (over questions) of the mean per-token NLL."""
-    from agentark_utils.metrics import bootstrap_ci
+    exp(NLL), and a bootstrap CI of that mean (questions resampled)."""
     from agentark_utils.models import load_causal_lm
 
     model, tokenizer = load_causal_lm(model_ref, dtype=dtype, device=device)
@@ -74,8 +74,13 @@ def reasoning_perplexity(model_ref: str, questions: list[Question], prompts: dic
         rows.append({"id": q.id, "nll_sum": nll, "tokens": n, "nll_per_token": nll / n})
     if not rows:
         raise ValueError("no question has a gold reasoning trace to score")
-    mean_nll = sum(r["nll_sum"] for r in rows) / sum(r["tokens"] for r in rows)
+    nll = np.array([r["nll_sum"] for r in rows])
+    tokens = np.array([r["tokens"] for r in rows])
+    mean_nll = float(nll.sum() / tokens.sum())
+    # the token-weighted mean, resampled by question (a ratio estimator, so not metrics.bootstrap_ci)
+    picks = np.random.default_rng(seed).integers(0, len(rows), size=(n_boot, len(rows)))
+    ratios = nll[picks].sum(axis=1) / tokens[picks].sum(axis=1)
     summary = {"n_questions": len(rows), "skipped": len(questions) - len(rows), "avg_nll": mean_nll,
                "perplexity": math.exp(mean_nll),
-               "avg_nll_ci95": bootstrap_ci([r["nll_per_token"] for r in rows], n_boot, seed)}
+               "avg_nll_ci95": [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))]}
     return rows, summary

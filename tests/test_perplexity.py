@@ -54,5 +54,7 @@ def test_reasoning_perplexity_summary(tiny_model_dir):
                                          n_boot=100)
     assert [r["id"] for r in rows] == ["a"] and summary["skipped"] == 1
     assert summary["perplexity"] == pytest.approx(math.exp(summary["avg_nll"]))
+    assert summary["avg_nll"] == pytest.approx(rows[0]["nll_sum"] / rows[0]["tokens"])
+    assert summary["avg_nll_ci95"][0] <= summary["avg_nll"] <= summary["avg_nll_ci95"][1]
     with pytest.raises(ValueError, match="no question has a gold reasoning"):
         reasoning_perplexity(str(tiny_model_dir), qs[1:], {"b": "Q"}, device="cpu")
