@@ -174,6 +174,13 @@ class EvaluationParams(_Section):
     seed: int = 0
 
 
+def _all_known(names: list[str], registry: dict, what: str) -> list[str]:
+    unknown = [name for name in names if name not in registry]
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; known: {', '.join(sorted(registry))}")
+    return names
+
+
 class GridParams(_Section):
     """Section `grid`: which test sets every model answers, besides the debate's own test split."""
 
@@ -186,10 +193,7 @@ class GridParams(_Section):
     def _known_tasks(cls, value: list[str]) -> list[str]:
         from agentark_utils.tasks import TASKS
 
-        unknown = [t for t in value if t not in TASKS]
-        if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; known tasks: {', '.join(sorted(TASKS))}")
-        return value
+        return _all_known(value, TASKS, "task(s)")
 
 
 class RobustnessParams(_Section):
@@ -203,10 +207,7 @@ class RobustnessParams(_Section):
     def _known(cls, value: list[str]) -> list[str]:
         from agentark_utils.robustness import PERTURBATIONS
 
-        unknown = [name for name in value if name not in PERTURBATIONS]
-        if unknown:
-            raise ValueError(f"unknown perturbation(s) {unknown}; known: {', '.join(PERTURBATIONS)}")
-        return value
+        return _all_known(value, PERTURBATIONS, "perturbation(s)")
 
 
 class DebateStage(_Section):
