@@ -28,7 +28,7 @@ def arithmetic_steps(expression: str) -> list[str] | None:
         return None
     steps, value = [], int(tokens[0])
     for op, number in zip(tokens[1::2], tokens[2::2]):
-        new = evaluate_arithmetic(f"{value} {op} {number}".replace("- -", "+ "))
+        new = evaluate_arithmetic(f"{value} {op} {number}")
         steps.append(f"{value} {op} {number} = {new}")
         value = new
     return steps
