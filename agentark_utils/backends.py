@@ -4,7 +4,8 @@
 {"role", "content"} dicts) and returns one `Generation` per conversation, in order, each with its
 prompt and completion token counts and latency.
 
-- hf (default; CPU or GPU): transformers `generate`, batched with left padding and KV cache.
+- hf (default; CPU or GPU): a transformers model, batched with left padding and a KV cache; a row
+  leaves the batch as soon as it ends (`decode_batch`).
 - vllm (GPU): offline `LLM.chat`; vllm is imported only when this backend is built.
 - openai: any OpenAI-compatible server (`vllm serve`, `transformers serve`, a hosted API); the API
   key is read from OPENAI_API_KEY and never logged.
@@ -46,6 +47,50 @@ class Backend(Protocol):
                  seed: int, desc: str = "generate") -> list[Generation]: ...
 
 
+def decode_batch(model, input_ids, attention_mask, *, max_new_tokens: int, stop_ids: list[int], temperature: float,
+                 generator) -> list[list[int]]:
+    """Generate for a left-padded batch; returns each row's new tokens, up to and including its stop token.
+
+    Unlike transformers' `generate`, a row leaves the batch (and its slice of the KV cache is dropped)
+    as soon as it emits a stop token. Debate answers are short (17 tokens on average of the 64
+    allowed by default), and `generate` kept decoding every finished row until the longest one
+    ended; dropping them made a debate round 1.5-1.6x faster on 2 CPU cores (benchmarks/debate_throughput.py).
+    temperature 0 is greedy; otherwise plain sampling from softmax(logits / temperature).
+    """
+    import torch
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    stops = torch.tensor(stop_ids, device=input_ids.device)
+    rows = torch.arange(len(input_ids), device=input_ids.device)  # which original row each batch row is
+    new: list[list[int]] = [[] for _ in range(len(input_ids))]
+    mask = attention_mask
+    tokens = input_ids
+    with torch.inference_mode():
+        for step in range(max_new_tokens):
+            # Positions count real tokens only, so left padding does not shift them.
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -tokens.shape[1]:]
+            logits = model(input_ids=tokens, attention_mask=mask, position_ids=positions, cache=cache,
+                           use_cache=True, logits_to_keep=1).logits[:, -1].float()
+            if temperature > 0:
+                probs = torch.softmax(logits / temperature, dim=-1)
+                next_tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            else:
+                next_tokens = logits.argmax(-1)
+            for row, token in zip(rows.tolist(), next_tokens.tolist()):
+                new[row].append(token)
+            running = ~torch.isin(next_tokens, stops)
+            if step == max_new_tokens - 1 or not running.any():
+                break
+            if not running.all():
+                keep = running.nonzero().squeeze(-1)
+                cache.batch_select_indices(keep)
+                mask, next_tokens, rows = mask[keep], next_tokens[keep], rows[keep]
+            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+            tokens = next_tokens[:, None]
+    return new
+
+
 class HFBackend:
     """transformers generation, batched: all conversations of a call go through in batches."""
 
@@ -57,6 +102,10 @@ class HFBackend:
 
         self.model, self.tokenizer = load_causal_lm(model, dtype, device, trust_remote_code)
         self.batch_size = batch_size
+        # Chat models may end a turn with more than one token (Qwen: <|im_end|> and <|endoftext|>).
+        stop = self.model.generation_config.eos_token_id
+        stop = set(stop if isinstance(stop, list) else [stop]) | {self.tokenizer.eos_token_id}
+        self.stop_ids = sorted(i for i in stop if i is not None)
 
     def _prompt_ids(self, conversation: Conversation) -> list[int]:
         text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
@@ -69,26 +118,19 @@ class HFBackend:
         # Longest first: batches of similar length waste little compute on padding.
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         results: list[Generation | None] = [None] * len(prompts)
-        eos = self.tokenizer.eos_token_id
-        pad = self.tokenizer.pad_token_id
         bar = tqdm(total=len(prompts), desc=desc, unit="gen", leave=False)
         for batch_index, start in enumerate(range(0, len(order), self.batch_size)):
             idx = order[start : start + self.batch_size]
             batch = self.tokenizer.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt")
             batch = {k: v.to(self.model.device) for k, v in batch.items()}
-            sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} \
-                if temperature > 0 else {"do_sample": False}
-            torch.manual_seed(seed + batch_index)
+            generator = torch.Generator(self.model.device).manual_seed(seed + batch_index)
             began = time.perf_counter()
-            with torch.inference_mode():
-                out = self.model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=pad, **sampling)
+            new = decode_batch(self.model, batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens,
+                               stop_ids=self.stop_ids, temperature=temperature, generator=generator)
             latency = (time.perf_counter() - began) / len(idx)
-            new = out[:, batch["input_ids"].shape[1] :].tolist()
             for row, i in zip(new, idx):
-                # Generated length: up to and including the first end-of-sequence token.
-                n = row.index(eos) + 1 if eos in row else len(row)
-                text = self.tokenizer.decode(row[:n], skip_special_tokens=True)
-                results[i] = Generation(text, len(prompts[i]), n, latency)
+                text = self.tokenizer.decode(row, skip_special_tokens=True)
+                results[i] = Generation(text, len(prompts[i]), len(row), latency)
             bar.update(len(idx))
         bar.close()
         return results

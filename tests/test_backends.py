@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from agentark_utils.backends import HFBackend, OpenAIBackend, make_backend
+from agentark_utils.backends import HFBackend, OpenAIBackend, decode_batch, make_backend
 from agentark_utils.config import ModelParams
 from agentark_utils.models import ModelNotFoundError
 
@@ -28,6 +28,52 @@ def test_hf_batched_greedy_equals_one_at_a_time(hf):
     single = [hf.generate([c], temperature=0.0, max_new_tokens=12, seed=0)[0] for c in CONVERSATIONS]
     assert [g.text for g in batched] == [g.text for g in single]
     assert [g.prompt_tokens for g in batched] == [g.prompt_tokens for g in single]
+
+
+def _padded(hf, conversations):
+    return hf.tokenizer.pad({"input_ids": [hf._prompt_ids(c) for c in conversations]}, return_tensors="pt")
+
+
+def test_decode_batch_greedy_matches_transformers_generate(hf):
+    import torch
+
+    batch = _padded(hf, CONVERSATIONS)
+    ours = decode_batch(hf.model, batch["input_ids"], batch["attention_mask"], max_new_tokens=12,
+                        stop_ids=hf.stop_ids, temperature=0.0, generator=torch.Generator().manual_seed(0))
+    for conversation, new in zip(CONVERSATIONS, ours):
+        ids = torch.tensor([hf._prompt_ids(conversation)])
+        reference = hf.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                                      pad_token_id=hf.tokenizer.pad_token_id)[0, ids.shape[1]:].tolist()
+        stop = next((i for i, t in enumerate(reference) if t in hf.stop_ids), len(reference) - 1)
+        assert new == reference[: stop + 1]
+
+
+class CountingLM:
+    """A stand-in causal LM whose next token is always its last input token + 1, recording batch widths."""
+
+    def __init__(self):
+        from transformers import LlamaConfig
+
+        self.config = LlamaConfig(num_hidden_layers=1, hidden_size=8, num_attention_heads=2, vocab_size=64)
+        self.widths: list[int] = []
+
+    def __call__(self, *, input_ids, **_):
+        import torch
+
+        self.widths.append(len(input_ids))
+        logits = torch.nn.functional.one_hot(input_ids[:, -1:] + 1, self.config.vocab_size).float()
+        return type("Output", (), {"logits": logits})
+
+
+def test_decode_batch_drops_a_row_once_it_stops():
+    import torch
+
+    model = CountingLM()
+    ids = torch.tensor([[0, 10], [5, 20], [0, 30]])  # the first and last rows are left-padded
+    new = decode_batch(model, ids, torch.tensor([[0, 1], [1, 1], [0, 1]]), max_new_tokens=5, stop_ids=[12, 31],
+                       temperature=0.0, generator=None)
+    assert new == [[11, 12], [21, 22, 23, 24, 25], [31]]
+    assert model.widths == [3, 2, 1, 1, 1]  # the third row left after step 1, the first after step 2
 
 
 def test_hf_records_tokens_and_latency(hf):
