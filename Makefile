@@ -33,6 +33,7 @@ bench: setup
 	dvc repro provision_model
 	python benchmarks/debate_throughput.py
 	python benchmarks/cost.py
+	python benchmarks/training_step.py
 
 # Wall time of every stage of the default pipeline and of a no-op re-run: run it on a fresh clone.
 bench-pipeline: setup

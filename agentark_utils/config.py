@@ -34,6 +34,21 @@ class ModelParams(_Section):
     trust_remote_code: bool = False
     openai_base_url: str | None = None
     tensor_parallel_size: int = Field(default=1, ge=1)
+    launcher: str | None = None  # a command prefix that runs SFT/PRM/GRPO in several processes (launch.py)
+
+    @field_validator("launcher")
+    @classmethod
+    def _launcher_on_path(cls, value: str | None) -> str | None:
+        import shlex
+        import shutil
+
+        if value is None:
+            return value
+        words = shlex.split(value)
+        if not words or shutil.which(words[0]) is None:
+            raise ValueError(f"launcher command {words[0] if words else value!r} is not on PATH "
+                             "(e.g. 'accelerate launch --config_file configs/accelerate/multi_gpu.yaml')")
+        return value
 
     @field_validator("device")
     @classmethod
@@ -226,14 +241,12 @@ class ExtractStage(_Section):
 class SFTStage(_Section):
     model: ModelParams
     sft: SFTParams
-    evaluation: EvaluationParams
 
 
 class PADStage(_Section):
     model: ModelParams
     prm: PRMParams
     grpo: GRPOParams
-    evaluation: EvaluationParams
 
 
 class EvaluateStage(_Section):
@@ -254,6 +267,28 @@ class RobustnessStage(_Section):
     robustness: RobustnessParams
 
 
+class ScalingParams(_Section):
+    """Section `scaling`: the data-scaling sweep (scaling.py); the full data is the `sft` students."""
+
+    strategies: list[Literal["rsft", "da", "answer_only", "cot"]] = Field(min_length=1)
+    fractions: list[float] = Field(min_length=1)  # of the training questions; 1.0 is the main run
+    seed: int = 0
+
+    @field_validator("fractions")
+    @classmethod
+    def _proper_fractions(cls, value: list[float]) -> list[float]:
+        if any(not 0 < f < 1 for f in value):
+            raise ValueError("each fraction must be in (0, 1); 1.0 is the main sft run")
+        return value
+
+
+class ScalingStage(_Section):
+    model: ModelParams
+    sft: SFTParams
+    evaluation: EvaluationParams
+    scaling: ScalingParams
+
+
 class Params(DebateStage):
     """The whole `params.yaml`: every section is required and checked."""
 
@@ -264,6 +299,7 @@ class Params(DebateStage):
     evaluation: EvaluationParams
     grid: GridParams
     robustness: RobustnessParams
+    scaling: ScalingParams
 
 
 def _format(error: ValidationError, source: str) -> str:

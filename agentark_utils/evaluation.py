@@ -1,4 +1,4 @@
-"""Evaluate a model on test questions: one greedy generation each, graded, with cost."""
+"""Evaluate models on test sets: one greedy generation per question, graded, with cost and paired tests."""
 
 from __future__ import annotations
 
@@ -9,32 +9,30 @@ from agentark_utils.debate import graded_call, question_prompt
 from agentark_utils.tasks import Question
 
 
-def evaluate(model_ref: str, questions: list[Question], model_params: ModelParams, max_new_tokens: int,
-             n_boot: int = 1000, seed: int = 0) -> tuple[list[dict], dict]:
-    """Per-question rows (text, answer, status, tokens, latency) and their summary metrics."""
-    backend = make_backend(model_params.model_copy(update={"student": model_ref}), role="student")
-    gens = backend.generate([[{"role": "user", "content": question_prompt(q)}] for q in questions],
-                            temperature=0.0, max_new_tokens=max_new_tokens, seed=seed, desc=f"evaluate {model_ref}")
-    rows = [{"id": q.id, **graded_call(q, gen)} for q, gen in zip(questions, gens)]
-    summary = metrics.summarize_calls([r["status"] for r in rows], [[r] for r in rows], n_boot, seed)
-    return rows, summary
-
-
 def evaluate_grid(models: dict[str, str], test_sets: dict[str, list[Question]], model_params: ModelParams,
-                  max_new_tokens: int, n_boot: int = 1000, seed: int = 0, baseline: str = "base"):
-    """Every model on every test set, and each model against `baseline` on the same questions.
+                  max_new_tokens: int, n_boot: int = 1000, seed: int = 0, baseline: str | None = "base"):
+    """Every model on every test set, and each model against `baseline` (if any) on the same questions.
 
     Returns (predictions, results): one row per answer, and one row per (model, test set) with the
     accuracy, its CI, the cost and the paired comparison with the baseline.
     """
-    if baseline not in models:
+    if baseline is not None and baseline not in models:
         raise ValueError(f"the baseline {baseline!r} is not among the models {sorted(models)}")
     predictions, results = [], []
+    asked = [(test_name, q) for test_name, questions in test_sets.items() for q in questions]
     for name, ref in models.items():
-        for test_name, questions in test_sets.items():
-            rows, summary = evaluate(ref, questions, model_params, max_new_tokens, n_boot, seed)
+        # Each model is loaded once and answers every test set in one call: fuller batches.
+        backend = make_backend(model_params.model_copy(update={"student": ref}), role="student")
+        gens = backend.generate([[{"role": "user", "content": question_prompt(q)}] for _, q in asked],
+                                temperature=0.0, max_new_tokens=max_new_tokens, seed=seed, desc=f"evaluate {name}")
+        del backend
+        for test_name in test_sets:
+            rows = [{"id": q.id, **graded_call(q, gen)} for (t, q), gen in zip(asked, gens) if t == test_name]
             predictions += [{"model": name, "test_set": test_name, **row} for row in rows]
+            summary = metrics.summarize_calls([r["status"] for r in rows], [[r] for r in rows], n_boot, seed)
             results.append({"model": name, "test_set": test_name, "n": len(rows), **summary})
+    if baseline is None:
+        return predictions, results
     correct = {}
     for row in predictions:
         correct.setdefault((row["model"], row["test_set"]), []).append(row["status"] == "correct")

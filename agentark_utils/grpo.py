@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,8 @@ from pathlib import Path
 from agentark_utils.config import GRPOParams
 from agentark_utils.debate import question_prompt
 from agentark_utils.tasks import Question
-from agentark_utils.training import fingerprint, prepare_checkpoints, stop_on_non_finite_callback
+from agentark_utils.training import (fingerprint, prepare_checkpoints, remove_checkpoints,
+                                     stop_on_non_finite_callback)
 
 # What TRL logs per step, renamed for the tables and plots.
 LOGGED = {"reward": "reward_mean", "reward_std": "reward_std", "frac_reward_zero_std": "frac_zero_std_groups",
@@ -48,7 +48,10 @@ def prompt_rows(questions: list[Question]) -> list[dict]:
 
 def train_grpo(questions: list[Question], student: str, scorer, out_dir: str | Path, params: GRPOParams,
                device: str = "auto", trust_remote_code: bool = False) -> GRPOResult:
-    """Optimise `student` on `questions` against the rewards; save the policy to `out_dir` atomically."""
+    """Optimise `student` on `questions` against the rewards; save the policy to `out_dir` atomically.
+
+    `scorer`: a `prm.StepScorer`, or the directory of a saved PRM (what `launch.train` passes).
+    """
     import datasets
     from trl import GRPOConfig, GRPOTrainer
 
@@ -60,6 +63,10 @@ def train_grpo(questions: list[Question], student: str, scorer, out_dir: str | P
     out_dir = Path(out_dir)
     ckpt_dir = out_dir.with_name(out_dir.name + ".checkpoints")
     resume = prepare_checkpoints(ckpt_dir, fingerprint(student, params.model_dump(), [q.id for q in questions]))
+    if isinstance(scorer, (str, Path)):
+        from agentark_utils.prm import StepScorer
+
+        scorer = StepScorer(str(scorer), device, trust_remote_code=trust_remote_code)
     funcs, weights = build_rewards({"prm": params.prm_reward_weight, "answer": params.answer_reward_weight},
                                    scorer, params.aggregation)
     use_vllm = torch_device(device).startswith("cuda") and importlib.util.find_spec("vllm") is not None
@@ -83,7 +90,7 @@ def train_grpo(questions: list[Question], student: str, scorer, out_dir: str | P
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     wall = time.perf_counter() - began
     save_atomically(trainer.model, tokenizer, out_dir)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    remove_checkpoints(ckpt_dir)
     log = [{"step": h["step"], **{new: h[old] for old, new in LOGGED.items() if old in h}}
            for h in trainer.state.log_history if "reward" in h]
     return GRPOResult(steps=params.steps, n_prompts=len(questions), wall_s=wall, used_vllm=use_vllm, log=log)

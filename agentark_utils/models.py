@@ -68,14 +68,21 @@ def provision(out_dir: str | Path = DEFAULT_MODEL_DIR) -> Path:
 
 
 def save_atomically(model, tokenizer, out_dir: str | Path) -> Path:
-    """Save to a temporary sibling, then rename: a half-written model directory never looks complete."""
+    """Save to a temporary sibling, then rename: a half-written model directory never looks complete.
+
+    Under several processes only the main one writes; all return once the model is in place.
+    """
+    from agentark_utils.training import barrier, is_main_process
+
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    if is_main_process():
+        tmp = out_dir.with_name(out_dir.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
+    barrier()
     return out_dir
 
 
@@ -127,11 +134,14 @@ def torch_dtype(name: str):
 
 
 def torch_device(name: str) -> str:
+    """The torch device for `name`; plain "cuda" means this process's own GPU under a launcher."""
     import torch
 
-    if name != "auto":
-        return name
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and "LOCAL_RANK" in os.environ:  # set by accelerate launch / torchrun
+        return f"cuda:{os.environ['LOCAL_RANK']}"
+    return name
 
 
 def load_causal_lm(name: str, dtype: str = "bfloat16", device: str = "auto", trust_remote_code: bool = False):

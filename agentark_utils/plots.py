@@ -129,6 +129,20 @@ def grpo_curves(log: pd.DataFrame, path: str | Path | None = None):
     return _save(fig, path)
 
 
+def _dodged_intervals(ax, rows: pd.DataFrame, row: str, group: str, value: str, low: str, high: str):
+    """One horizontal point-and-CI per (row, group); the groups of a row side by side, zero marked."""
+    labels, groups = list(dict.fromkeys(rows[row])), list(dict.fromkeys(rows[group]))
+    palette = dict(zip(groups, sns.color_palette("deep", len(groups))))
+    for k, name in enumerate(groups):
+        part = rows[rows[group] == name].set_index(row).reindex(labels).dropna(subset=[value])
+        y = [labels.index(label) + (k - (len(groups) - 1) / 2) * 0.22 for label in part.index]
+        ax.errorbar(part[value], y, xerr=[part[value] - part[low], part[high] - part[value]], fmt="o", capsize=3,
+                    color=palette[name], label=name)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.axvline(0, color="grey", linewidth=1)
+
+
 def gains_side_by_side(ours: pd.DataFrame, paper: pd.DataFrame, path: str | Path | None = None):
     """The paper's Fig. 3 question, answered twice: gain in accuracy points over the base.
 
@@ -138,17 +152,7 @@ def gains_side_by_side(ours: pd.DataFrame, paper: pd.DataFrame, path: str | Path
     sns.set_theme(style="whitegrid")
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.4 * max(ours["name"].nunique(), 4) + 2.2),
                                       gridspec_kw={"wspace": 0.45})
-    test_sets = list(dict.fromkeys(ours["test_set"]))
-    palette = dict(zip(test_sets, sns.color_palette("deep", len(test_sets))))
-    names = list(dict.fromkeys(ours["name"]))
-    for k, test_set in enumerate(test_sets):
-        rows = ours[ours["test_set"] == test_set].set_index("name").reindex(names).dropna(subset=["gain"])
-        y = [names.index(n) + (k - (len(test_sets) - 1) / 2) * 0.25 for n in rows.index]
-        left.errorbar(rows["gain"], y, xerr=[rows["gain"] - rows["low"], rows["high"] - rows["gain"]], fmt="o",
-                      capsize=3, color=palette[test_set], label=test_set)
-    left.set_yticks(range(len(names)), names)
-    left.invert_yaxis()
-    left.axvline(0, color="grey", linewidth=1)
+    _dodged_intervals(left, ours, "name", "test_set", "gain", "low", "high")
     left.set(xlabel="gain over base (accuracy points, paired 95 % CI)",
              title="This repo (SmolLM2-135M, default run)")
     left.legend(fontsize=8, loc="lower right")
@@ -189,19 +193,9 @@ def grid_heatmaps(ours: pd.DataFrame, paper: pd.DataFrame, path: str | Path | No
 def robustness_changes(rows: pd.DataFrame, path: str | Path | None = None):
     """Change in accuracy under each perturbation (paired 95 % CI), per model."""
     sns.set_theme(style="whitegrid")
-    perturbations = list(dict.fromkeys(rows["perturbation"]))
-    models = list(dict.fromkeys(rows["model"]))
-    palette = dict(zip(perturbations, sns.color_palette("deep", len(perturbations))))
-    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(models) + 1.8))
-    for k, name in enumerate(perturbations):
-        part = rows[rows["perturbation"] == name].set_index("model").reindex(models).dropna(subset=["change"])
-        y = [models.index(m) + (k - (len(perturbations) - 1) / 2) * 0.22 for m in part.index]
-        low = part["change"] - part["change_ci95"].str[0]
-        high = part["change_ci95"].str[1] - part["change"]
-        ax.errorbar(part["change"], y, xerr=[low, high], fmt="o", capsize=3, color=palette[name], label=name)
-    ax.set_yticks(range(len(models)), models)
-    ax.invert_yaxis()
-    ax.axvline(0, color="grey", linewidth=1)
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * rows["model"].nunique() + 1.8))
+    rows = rows.assign(low=rows["change_ci95"].str[0], high=rows["change_ci95"].str[1])
+    _dodged_intervals(ax, rows, "model", "perturbation", "change", "low", "high")
     ax.set(xlabel="accuracy change vs the same questions unperturbed (paired 95 % CI)",
            title="Robustness: in-domain test questions, perturbed")
     ax.legend(fontsize=8, loc="lower left")
@@ -222,4 +216,24 @@ def reasoning_perplexity(ours: pd.DataFrame, paper: pd.DataFrame, path: str | Pa
              title="This repo: gold arithmetic reasoning, test split")
     sns.barplot(data=paper, y="model", x="avg_nll", ax=right, orient="h", color=sns.color_palette("deep")[1])
     right.set(xlabel="avg NLL per reasoning token", ylabel="", title="Paper Table 1 (Qwen3-0.6B student, GSM8K)")
+    return _save(fig, path)
+
+
+def data_scaling(points: pd.DataFrame, test_set: str, path: str | Path | None = None):
+    """The paper's Fig. 5 layout: accuracy against the number of training questions, one line per strategy.
+
+    `points`: columns strategy, n_questions, accuracy, ci_low, ci_high (0 questions = the base model).
+    """
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    strategies = list(dict.fromkeys(points["strategy"]))
+    for color, strategy in zip(sns.color_palette("deep", len(strategies)), strategies):
+        line = points[points["strategy"] == strategy].sort_values("n_questions")
+        ax.errorbar(line["n_questions"], line["accuracy"],
+                    yerr=[line["accuracy"] - line["ci_low"], line["ci_high"] - line["accuracy"]],
+                    fmt="o-", capsize=3, color=color, label=strategy)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="training questions (0 = the base model)", ylabel=f"accuracy on {test_set} (95 % CI)",
+           ylim=(0, 1), title="Data scaling: the same strategy on nested shares of the questions")
+    ax.legend(fontsize=8, title="strategy")
     return _save(fig, path)

@@ -21,7 +21,6 @@ Stage II trains everything. Each stage is a transformers `Trainer` run with its 
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,8 @@ import torch.nn.functional as F
 
 from agentark_utils.config import PRMParams
 from agentark_utils.steps import STEP_SEPARATOR, StepTrace
-from agentark_utils.training import fingerprint, prepare_checkpoints, stop_on_non_finite_callback
+from agentark_utils.training import (fingerprint, prepare_checkpoints, remove_checkpoints,
+                                     stop_on_non_finite_callback)
 
 
 # --- encoding ---------------------------------------------------------------------------------
@@ -223,11 +223,8 @@ def train_prm(traces: list[StepTrace], prompts: dict[str, str], base_model: str,
     out_dir = Path(out_dir)
     ckpt_root = out_dir.with_name(out_dir.name + ".checkpoints")
     run_id = fingerprint(base_model, params.model_dump(), [t.to_dict() for t in traces], prompts)
+    prepare_checkpoints(ckpt_root, run_id)  # a root from other data or settings is started afresh
     stage1_done = ckpt_root / "stage1-model"
-    if (ckpt_root / "fingerprint.txt").exists() and (ckpt_root / "fingerprint.txt").read_text() != run_id:
-        shutil.rmtree(ckpt_root)
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    (ckpt_root / "fingerprint.txt").write_text(run_id)
 
     set_seed(params.seed)  # the new head is initialised at load time, before any Trainer seeds
     model, tokenizer = load_prm(str(stage1_done) if stage1_done.exists() else base_model, trust_remote_code)
@@ -257,7 +254,7 @@ def train_prm(traces: list[StepTrace], prompts: dict[str, str], base_model: str,
             save_atomically(model, tokenizer, stage1_done)
     model.requires_grad_(True)
     save_atomically(model, tokenizer, out_dir)
-    shutil.rmtree(ckpt_root, ignore_errors=True)
+    remove_checkpoints(ckpt_root)
     return PRMResult(
         n_questions=len(items), n_traces=sum(len(i["traces"]) for i in items),
         n_steps=sum(len(t["positions"]) for i in items for t in i["traces"]),
@@ -294,7 +291,8 @@ class StepScorer:
                 chunk.append({"input_ids": ids or [self.tokenizer.pad_token_id], "positions": positions,
                               "labels": [0] * len(positions)})
             batch = {k: v.to(self.device) for k, v in self.collate([{"traces": chunk}]).items()}
-            with torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16):
+            # bf16 only on GPUs: on our 2-core CPU it was slower than fp32 (benchmarks/training_step.py).
+            with torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.device.startswith("cuda")):
                 probs = torch.sigmoid(step_scores(self.model, batch).float()).cpu().tolist()
             rows = batch["step_rows"].cpu().tolist()
             for row in range(len(chunk)):

@@ -3,6 +3,9 @@
 SFT, the PRM and GRPO all write checkpoints to `<out>.checkpoints/`. The directory is stamped with
 a fingerprint of the data and settings; a re-run with the same fingerprint resumes from the newest
 checkpoint that was written to the end, anything else starts afresh.
+
+Under several processes (`launch.py`: accelerate or torchrun) only the main process touches the
+checkpoint and model directories; the others wait for it (`is_main_process`, `barrier`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,32 @@ def fingerprint(*parts) -> str:
 def _step(checkpoint: Path) -> int:
     suffix = checkpoint.name.removeprefix("checkpoint-")
     return int(suffix) if suffix.isdigit() else -1
+
+
+def _process_group():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def is_main_process() -> bool:
+    """True in a single-process run, and in rank 0 of a distributed one."""
+    group = _process_group()
+    return group is None or group.get_rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every process (a no-op in a single-process run)."""
+    group = _process_group()
+    if group is not None:
+        group.barrier()
+
+
+def remove_checkpoints(ckpt_dir: Path) -> None:
+    """Delete a finished run's checkpoints, once every process is done with them."""
+    barrier()
+    if is_main_process():
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
 
 
 def last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
@@ -53,11 +82,14 @@ def prepare_checkpoints(ckpt_dir: Path, stamp_value: str) -> Path | None:
     """Keep `ckpt_dir` only if it was made with the same fingerprint; return the checkpoint to resume from."""
     ckpt_dir = Path(ckpt_dir)
     stamp = ckpt_dir / "fingerprint.txt"
-    if ckpt_dir.exists() and (not stamp.exists() or stamp.read_text() != stamp_value):
-        shutil.rmtree(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(stamp_value)
-    return last_complete_checkpoint(ckpt_dir)
+    if is_main_process():
+        if ckpt_dir.exists() and (not stamp.exists() or stamp.read_text() != stamp_value):
+            shutil.rmtree(ckpt_dir)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(stamp_value)
+        last_complete_checkpoint(ckpt_dir)  # drops half-written ones
+    barrier()
+    return last_complete_checkpoint(ckpt_dir)  # for the main process, deletes nothing now
 
 
 def stop_on_non_finite_callback():
