@@ -268,11 +268,19 @@ class RobustnessStage(_Section):
 
 
 class ScalingParams(_Section):
-    """Section `scaling`: the data-scaling sweep (scaling.py); the full data is the `sft` students."""
+    """Section `scaling`: the data and agents sweeps (scaling.py); the main run is the last point of each."""
 
     strategies: list[Literal["rsft", "da", "answer_only", "cot"]] = Field(min_length=1)
     fractions: list[float] = Field(min_length=1)  # of the training questions; 1.0 is the main run
+    agents: list[int] = Field(default_factory=list)  # debates with these many agents; debate.n_agents is the main run
     seed: int = 0
+
+    @field_validator("agents")
+    @classmethod
+    def _at_least_two_agents(cls, value: list[int]) -> list[int]:
+        if any(n < 2 for n in value):
+            raise ValueError("each agent count must be at least 2 (extraction keeps questions with 2 correct agents)")
+        return value
 
     @field_validator("fractions")
     @classmethod
@@ -284,6 +292,9 @@ class ScalingParams(_Section):
 
 class ScalingStage(_Section):
     model: ModelParams
+    data: DataParams
+    debate: DebateParams
+    extraction: ExtractionParams
     sft: SFTParams
     evaluation: EvaluationParams
     scaling: ScalingParams

@@ -219,21 +219,27 @@ def reasoning_perplexity(ours: pd.DataFrame, paper: pd.DataFrame, path: str | Pa
     return _save(fig, path)
 
 
-def data_scaling(points: pd.DataFrame, test_set: str, path: str | Path | None = None):
-    """The paper's Fig. 5 layout: accuracy against the number of training questions, one line per strategy.
+def scaling_curves(points: pd.DataFrame, test_set: str, base_accuracy: float, path: str | Path | None = None):
+    """The paper's Figs. 5 and 4 side by side: accuracy against training questions, and against agents.
 
-    `points`: columns strategy, n_questions, accuracy, ci_low, ci_high (0 questions = the base model).
+    `points`: columns axis ("data" or "agents"), strategy, x (training questions or agents),
+    accuracy, ci_low, ci_high. The base model is a dashed line in both panels.
     """
     sns.set_theme(style="whitegrid")
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    axes_names = [a for a in ("data", "agents") if a in set(points["axis"])]
+    fig, axes = plt.subplots(1, len(axes_names), figsize=(6 * len(axes_names), 4), squeeze=False, sharey=True)
     strategies = list(dict.fromkeys(points["strategy"]))
-    for color, strategy in zip(sns.color_palette("deep", len(strategies)), strategies):
-        line = points[points["strategy"] == strategy].sort_values("n_questions")
-        ax.errorbar(line["n_questions"], line["accuracy"],
-                    yerr=[line["accuracy"] - line["ci_low"], line["ci_high"] - line["accuracy"]],
-                    fmt="o-", capsize=3, color=color, label=strategy)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel="training questions (0 = the base model)", ylabel=f"accuracy on {test_set} (95 % CI)",
-           ylim=(0, 1), title="Data scaling: the same strategy on nested shares of the questions")
-    ax.legend(fontsize=8, title="strategy")
+    palette = dict(zip(strategies, sns.color_palette("deep", len(strategies))))
+    labels = {"data": "training questions", "agents": "agents in the debate that made the training data"}
+    for ax, axis in zip(axes[0], axes_names):
+        for strategy in strategies:
+            line = points[(points["axis"] == axis) & (points["strategy"] == strategy)].sort_values("x")
+            ax.errorbar(line["x"], line["accuracy"],
+                        yerr=[line["accuracy"] - line["ci_low"], line["ci_high"] - line["accuracy"]],
+                        fmt="o-", capsize=3, color=palette[strategy], label=strategy)
+        ax.axhline(base_accuracy, color="grey", linestyle="--", linewidth=1, label="base model")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(xlabel=labels[axis], ylim=(0, 1), title=f"{'Data' if axis == 'data' else 'Agents'} scaling")
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel(f"accuracy on {test_set} (95 % CI)")
     return _save(fig, path)

@@ -60,6 +60,7 @@ DELETE = object()
         ("evaluation", DELETE, "evaluation: Field required"),
         ("scaling.fractions", [0.5, 1.0], "scaling.fractions: each fraction must be in (0, 1)"),
         ("scaling.fractions", [], "scaling.fractions: List should have at least 1 item"),
+        ("scaling.agents", [1, 4], "scaling.agents: each agent count must be at least 2"),
         ("scaling.strategies", ["pad"], "scaling.strategies.0: Input should be 'rsft', 'da', 'answer_only' or 'cot'"),
         ("grpo.group_size", 1, "grpo.group_size: Input should be greater than or equal to 2"),
         ("grpo.batch_size", 6, "batch_size (6) must be a multiple of group_size (4)"),

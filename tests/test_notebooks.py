@@ -83,29 +83,32 @@ def test_extract_and_sft_notebooks(tmp_path, tiny_model_dir):
     assert (model_dir / "model.safetensors").exists()
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
-    # data scaling: DA on half of its 2 questions; the two ends come from the evaluate stage's table
+    # scaling: DA on half of its 2 questions, and a 3-agent debate of the 3 training questions; the
+    # main points come from the evaluate stage's table
     eval_dir, scaling_out, work = tmp_path / "eval", tmp_path / "scaling", tmp_path / "models" / "scaling"
     eval_dir.mkdir()
     (eval_dir / "accuracy.csv").write_text("model,test_set,accuracy,ci_low,ci_high\n"
                                            "base,arith_mix (in-domain),0.5,0.0,1.0\nda,arith_mix (in-domain),1.0,1.0,1.0\n")
     scaling_params = yaml.safe_load(open(params))
-    scaling_params["scaling"] = {"strategies": ["da"], "fractions": [0.5], "seed": 0}
+    scaling_params["scaling"] = {"strategies": ["da"], "fractions": [0.5], "agents": [3], "seed": 0}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(scaling_params))
     paths = {"debate_dir": str(debate_dir), "extract_dir": str(extract_dir), "eval_dir": str(eval_dir),
              "work_dir": str(work), "figures_dir": str(tmp_path / "figures")}
     run_stage("scaling", params, out_dir=str(scaling_out), paths=paths)
     points = json.loads((scaling_out / "metrics.json").read_text())
-    assert list(points) == ["da | 0.0", "da | 0.5", "da | 1.0"]
-    assert [p["n_questions"] for p in points.values()] == [0, 1, 2]
-    assert points["da | 1.0"]["accuracy"] == 1.0 and 0 <= points["da | 0.5"]["accuracy"] <= 1
-    assert not (work / "da-0.5").exists()  # each point's model is deleted once it is evaluated
-    assert (tmp_path / "figures" / "data_scaling.png").read_bytes()[:4] == b"\x89PNG"
+    # the tiny model's 3-agent debates keep no question (no 2 correct agents): no new agents point
+    assert list(points) == ["agents | da | 2", "data | da | 1", "data | da | 2"]
+    assert points["data | da | 2"]["accuracy"] == 1.0 and 0 <= points["data | da | 1"]["accuracy"] <= 1
+    debated = (scaling_out / "debates" / "3-agents.jsonl").read_text().splitlines()
+    assert [len(json.loads(r)["debate"]["rounds"][0]) for r in debated] == [3, 3, 3]  # 3 training questions
+    assert not (work / "data-1-da").exists()  # each point's model is deleted once it is evaluated
+    assert (tmp_path / "figures" / "scaling.png").read_bytes()[:4] == b"\x89PNG"
     # a re-run finds the point done and trains nothing: a planted value survives it
     from agentark_utils.store import read_jsonl, rewrite_jsonl
 
     rewrite_jsonl(scaling_out / "points.jsonl", [{**p, "accuracy": 0.0} for p in read_jsonl(scaling_out / "points.jsonl")])
     run_stage("scaling", params, out_dir=str(scaling_out), paths=paths)
-    assert json.loads((scaling_out / "metrics.json").read_text())["da | 0.5"]["accuracy"] == 0.0
+    assert json.loads((scaling_out / "metrics.json").read_text())["data | da | 1"]["accuracy"] == 0.0
 
 
 def test_sft_stage_needs_a_known_strategy(tmp_path, tiny_model_dir):
