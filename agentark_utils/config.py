@@ -290,6 +290,44 @@ class ScalingParams(_Section):
         return value
 
 
+class OpenEndedParams(_Section):
+    """Section `open_ended`: the hub-only sets (open_ended.py); none run by default (no hub here)."""
+
+    tasks: list[str] = Field(default_factory=list)
+    paths: dict[str, str] = Field(default_factory=dict)  # task -> a local file in the dataset's own format
+    n: int = Field(default=100, ge=1)
+    max_new_tokens: int = Field(default=128, ge=1)
+    max_context_chars: int = Field(default=6000, ge=100)
+    bertscore_model: str | None = None  # e.g. roberta-large; downloads it (hub only); null: no BERTScore
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, value: list[str]) -> list[str]:
+        from agentark_utils.open_ended import OPEN_TASKS
+
+        return _all_known(value, OPEN_TASKS, "open-ended task(s)")
+
+    @model_validator(mode="after")
+    def _files_exist(self) -> "OpenEndedParams":
+        from agentark_utils.open_ended import OPEN_TASKS
+
+        for task, path in self.paths.items():
+            if task not in OPEN_TASKS:
+                raise ValueError(f"paths: unknown open-ended task {task!r}; known: {', '.join(sorted(OPEN_TASKS))}")
+            if not Path(path).is_file():
+                raise ValueError(f"paths.{task}: no such file {path!r}")
+        for task in self.tasks:
+            if OPEN_TASKS[task].hub is None and task not in self.paths:
+                raise ValueError(f"{task} is not on the hub in its own format: give paths.{task}")
+        return self
+
+
+class OpenEndedStage(_Section):
+    model: ModelParams
+    evaluation: EvaluationParams
+    open_ended: OpenEndedParams
+
+
 class ScalingStage(_Section):
     model: ModelParams
     data: DataParams
@@ -311,6 +349,7 @@ class Params(DebateStage):
     grid: GridParams
     robustness: RobustnessParams
     scaling: ScalingParams
+    open_ended: OpenEndedParams
 
 
 def _format(error: ValidationError, source: str) -> str:

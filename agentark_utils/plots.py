@@ -243,3 +243,26 @@ def scaling_curves(points: pd.DataFrame, test_set: str, base_accuracy: float, pa
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel(f"accuracy on {test_set} (95 % CI)")
     return _save(fig, path)
+
+
+def open_ended_scores(summary: pd.DataFrame, path: str | Path | None = None):
+    """Mean overlap score (95 % CI) per metric and model, one panel per open-ended set.
+
+    `summary`: columns model, task, metric, mean, ci95 (open_ended.summarize_scores). Empty: a
+    figure that says no set was configured, so the pipeline's figure always exists.
+    """
+    sns.set_theme(style="whitegrid")
+    tasks = list(dict.fromkeys(summary["task"])) if len(summary) else []
+    fig, axes = plt.subplots(1, max(len(tasks), 1), figsize=(5.5 * max(len(tasks), 1), 3.8), squeeze=False)
+    if not tasks:
+        axes[0][0].axis("off")
+        axes[0][0].text(0.5, 0.5, "No open-ended set configured\n(open_ended.tasks: needs a hub or local files)",
+                        ha="center", va="center")
+        return _save(fig, path)
+    for ax, task in zip(axes[0], tasks):
+        part = summary[summary["task"] == task].assign(low=lambda d: d["ci95"].str[0], high=lambda d: d["ci95"].str[1])
+        part = part.assign(value=part["mean"])
+        _dodged_intervals(ax, part, "metric", "model", "value", "low", "high")
+        ax.set(xlabel="mean score over items (95 % CI)", title=f"{task} (n = {part['n'].iloc[0]})")
+        ax.legend(fontsize=8, title="model")
+    return _save(fig, path)

@@ -48,6 +48,8 @@ STAGES = {
                      ("model", "data", "debate", "extraction", "sft", "evaluation", "scaling"), "results/scaling",
                      {"debate_dir": "results/debate", "extract_dir": "results/extract", "eval_dir": "results/eval",
                       "work_dir": "models/scaling", "figures_dir": "results/figures"}),
+    "open_ended": Stage("notebooks/10_open_ended.ipynb", ("model", "evaluation", "open_ended"), "results/open_ended",
+                        {"figures_dir": "results/figures"}),
     "figures": Stage("notebooks/08_figures.ipynb", (), "results/figures",
                      {"eval_dir": "results/eval", "figures_dir": "results/figures"}),
 }

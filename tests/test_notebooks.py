@@ -228,3 +228,27 @@ def test_same_seed_same_results_twice(tmp_path, tiny_model_dir):
         runs.append((_without_timings(records), _without_timings(json.loads((out / "metrics.json").read_text()))))
     assert runs[0] == runs[1]
     assert runs[0][1]["n_questions"] == 4
+
+
+def test_open_ended_notebook(tmp_path, tiny_model_dir):
+    """The hub-only sets from fixture files in their own format; and the default, with none configured."""
+    from conftest import FIXTURES
+
+    out, figures = tmp_path / "open", tmp_path / "figures"
+    run_stage("open_ended", tiny_params(tmp_path, tiny_model_dir), out_dir=str(out),
+              paths={"figures_dir": str(figures), "students": {}})
+    assert json.loads((out / "metrics.json").read_text()) == {}
+    assert (figures / "open_ended.png").read_bytes()[:4] == b"\x89PNG"
+
+    params = yaml.safe_load(open(tiny_params(tmp_path, tiny_model_dir)))
+    params["open_ended"].update(tasks=["truthfulqa", "hotpotqa", "qmsum"], n=2, max_new_tokens=6,
+                                paths={t: str(FIXTURES / f"{t}.jsonl") for t in ("truthfulqa", "hotpotqa", "qmsum")})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    run_stage("open_ended", str(tmp_path / "params.yaml"), out_dir=str(out),
+              paths={"figures_dir": str(figures), "students": {"da": str(tiny_model_dir)}})
+    metrics = json.loads((out / "metrics.json").read_text())
+    expected = {"truthfulqa": ("bleu", "rouge1", "rouge2", "rougeL"), "hotpotqa": ("f1", "rouge1", "rouge2", "rougeL"),
+                "qmsum": ("f1", "rouge1", "rouge2", "rougeL")}
+    assert set(metrics) == {f"{m} | {t} | {x}" for m in ("base", "da") for t, xs in expected.items() for x in xs}
+    assert all(v["n"] == 2 and 0 <= v["mean"] <= 1 for v in metrics.values())
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 2 * 6  # 2 models x 3 sets x 2 items
