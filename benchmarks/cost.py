@@ -19,7 +19,7 @@ from common import machine, setup, write
 from agentark_utils import metrics
 from agentark_utils.backends import HFBackend
 from agentark_utils.debate import debate_chunk
-from agentark_utils.evaluation import evaluate
+from agentark_utils.evaluation import evaluate_grid
 from agentark_utils.models import torch_device
 
 KEYS = ("calls_per_question", "generated_tokens_per_question", "tokens_per_question", "latency_s_per_question",
@@ -45,7 +45,8 @@ def main() -> None:
     systems = {s: {k: metrics.summarize(records, s)[k] for k in KEYS} for s in metrics.SYSTEMS}
 
     began = time.perf_counter()
-    _, summary = evaluate(student, questions, model_params, params.evaluation.max_new_tokens)
+    (summary,) = evaluate_grid({"student": student}, {"test": questions}, model_params,
+                               params.evaluation.max_new_tokens, baseline=None)[1]
     student_wall = time.perf_counter() - began
     systems["student"] = {k: summary[k] for k in KEYS}
 
