@@ -245,24 +245,28 @@ def scaling_curves(points: pd.DataFrame, test_set: str, base_accuracy: float, pa
     return _save(fig, path)
 
 
-def open_ended_scores(summary: pd.DataFrame, path: str | Path | None = None):
-    """Mean overlap score (95 % CI) per metric and model, one panel per open-ended set.
+def open_ended_scores(summary: pd.DataFrame, paper_truthfulqa: pd.DataFrame, path: str | Path | None = None):
+    """Mean overlap score (95 % CI) per metric and model, one panel per open-ended set, and the paper's Table 2.
 
-    `summary`: columns model, task, metric, mean, ci95 (open_ended.summarize_scores). Empty: a
-    figure that says no set was configured, so the pipeline's figure always exists.
+    `summary`: columns model, task, metric, n, mean, ci95 (open_ended.summarize_scores); empty when no
+    set was configured, and the first panel says so. `paper_truthfulqa`: columns model, metric, score.
     """
     sns.set_theme(style="whitegrid")
     tasks = list(dict.fromkeys(summary["task"])) if len(summary) else []
-    fig, axes = plt.subplots(1, max(len(tasks), 1), figsize=(5.5 * max(len(tasks), 1), 3.8), squeeze=False)
+    n_panels = max(len(tasks), 1) + 1
+    fig, axes = plt.subplots(1, n_panels, figsize=(5.5 * n_panels, 3.8), squeeze=False)
     if not tasks:
         axes[0][0].axis("off")
-        axes[0][0].text(0.5, 0.5, "No open-ended set configured\n(open_ended.tasks: needs a hub or local files)",
+        axes[0][0].text(0.5, 0.5, "This repo: no open-ended set configured\n(open_ended.tasks needs a hub or local files)",
                         ha="center", va="center")
-        return _save(fig, path)
     for ax, task in zip(axes[0], tasks):
-        part = summary[summary["task"] == task].assign(low=lambda d: d["ci95"].str[0], high=lambda d: d["ci95"].str[1])
-        part = part.assign(value=part["mean"])
+        part = summary[summary["task"] == task]
+        part = part.assign(value=part["mean"], low=part["ci95"].str[0], high=part["ci95"].str[1])
         _dodged_intervals(ax, part, "metric", "model", "value", "low", "high")
-        ax.set(xlabel="mean score over items (95 % CI)", title=f"{task} (n = {part['n'].iloc[0]})")
+        ax.set(xlabel="mean score over items (95 % CI)", xlim=(0, 1), title=f"This repo: {task} (n = {part['n'].iloc[0]})")
         ax.legend(fontsize=8, title="model")
+    paper_ax = axes[0][-1]
+    sns.barplot(data=paper_truthfulqa, y="metric", x="score", hue="model", ax=paper_ax, orient="h")
+    paper_ax.set(xlabel="score", ylabel="", xlim=(0, 1), title="Paper Table 2: TruthfulQA (Qwen3-8B student)")
+    paper_ax.legend(fontsize=8, title="model", loc="lower right")
     return _save(fig, path)

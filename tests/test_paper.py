@@ -34,3 +34,14 @@ def test_gain_of_a_hand_made_cell_and_errors():
         mean_relative_gain(table, "PPO")
     by_method = gains_by_method(table)
     assert set(by_method["method"]) == {"RSFT", "DA", "PAD", "answer-only SFT"}
+
+
+def test_table2_transcription_agrees_with_the_papers_reading_of_it():
+    """The paper (§4.5): on TruthfulQA every method is at least the base, and PAD is best on every metric."""
+    from agentark_utils.paper import TABLE2_TRUTHFULQA as t2
+
+    metrics = set(t2["single"])
+    assert metrics == {"bleu", "rouge1", "rouge2", "rougeL"} and all(set(v) == metrics for v in t2.values())
+    for metric in metrics:
+        assert max(t2, key=lambda method: t2[method][metric]) == "pad"
+        assert all(t2[method][metric] >= t2["single"][metric] for method in t2)
