@@ -31,7 +31,7 @@ def accuracy_by_round(table: pd.DataFrame, single_accuracy: float, final_accurac
     ax.axhline(final_accuracy, color="green", linestyle=":", label="debate final answer (summarizer)")
     ax.set(xlabel="debate round", ylabel="accuracy", ylim=(0, 1), title="Debate accuracy by round",
            xticks=sorted(table["round"].unique()))
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8)  # outside: never over the lines
     return _save(fig, path)
 
 
@@ -56,7 +56,7 @@ def cost_accuracy_points(points: pd.DataFrame, title: str, path: str | Path | No
     ax.set_xscale("log")
     ax.set(xlabel="tokens per question (prompt + generated, log scale)", ylabel="accuracy (95 % CI)", ylim=(0, 1),
            title=title)
-    ax.legend(loc="upper left", fontsize=7, ncol=2 if len(points) > 5 else 1)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8)  # outside: never over a point
     return _save(fig, path)
 
 
