@@ -311,9 +311,8 @@ class OpenEndedParams(_Section):
     def _files_exist(self) -> "OpenEndedParams":
         from agentark_utils.open_ended import OPEN_TASKS
 
+        _all_known(list(self.paths), OPEN_TASKS, "open-ended task(s) in paths:")
         for task, path in self.paths.items():
-            if task not in OPEN_TASKS:
-                raise ValueError(f"paths: unknown open-ended task {task!r}; known: {', '.join(sorted(OPEN_TASKS))}")
             if not Path(path).is_file():
                 raise ValueError(f"paths.{task}: no such file {path!r}")
         for task in self.tasks:

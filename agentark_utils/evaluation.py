@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 from agentark_utils import metrics
-from agentark_utils.backends import make_backend
+from agentark_utils.backends import Generation, make_backend
 from agentark_utils.config import ModelParams
 from agentark_utils.debate import graded_call, question_prompt
 from agentark_utils.tasks import Question
+
+
+def greedy_answers(models: dict[str, str], prompts: list[str], model_params: ModelParams, max_new_tokens: int,
+                   seed: int = 0, desc: str = "answer") -> dict[str, list[Generation]]:
+    """Each model answers every prompt once, greedily, in one batched call: {model name: generations}.
+
+    A model is loaded once and freed before the next one loads.
+    """
+    answers = {}
+    for name, ref in models.items():
+        backend = make_backend(model_params.model_copy(update={"student": ref}), role="student")
+        answers[name] = backend.generate([[{"role": "user", "content": p}] for p in prompts], temperature=0.0,
+                                         max_new_tokens=max_new_tokens, seed=seed, desc=f"{desc} {name}")
+        del backend
+    return answers
 
 
 def evaluate_grid(models: dict[str, str], test_sets: dict[str, list[Question]], model_params: ModelParams,
@@ -20,12 +35,10 @@ def evaluate_grid(models: dict[str, str], test_sets: dict[str, list[Question]], 
         raise ValueError(f"the baseline {baseline!r} is not among the models {sorted(models)}")
     predictions, results = [], []
     asked = [(test_name, q) for test_name, questions in test_sets.items() for q in questions]
-    for name, ref in models.items():
-        # Each model is loaded once and answers every test set in one call: fuller batches.
-        backend = make_backend(model_params.model_copy(update={"student": ref}), role="student")
-        gens = backend.generate([[{"role": "user", "content": question_prompt(q)}] for _, q in asked],
-                                temperature=0.0, max_new_tokens=max_new_tokens, seed=seed, desc=f"evaluate {name}")
-        del backend
+    # Every test set in one call per model: fuller batches.
+    answers = greedy_answers(models, [question_prompt(q) for _, q in asked], model_params, max_new_tokens, seed,
+                             desc="evaluate")
+    for name, gens in answers.items():
         for test_name in test_sets:
             rows = [{"id": q.id, **graded_call(q, gen)} for (t, q), gen in zip(asked, gens) if t == test_name]
             predictions += [{"model": name, "test_set": test_name, **row} for row in rows]

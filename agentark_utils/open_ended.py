@@ -175,15 +175,13 @@ def bertscore_f1(predictions: list[str], references: list[tuple[str, ...]], mode
 def answer_and_score(models: dict[str, str], sets: dict[str, list[OpenItem]], model_params, max_new_tokens: int,
                      seed: int = 0, bertscore_model: str | None = None) -> list[dict]:
     """Every model answers every item (greedy, one generation); one row per answer with its scores."""
-    from agentark_utils.backends import make_backend
+    from agentark_utils.evaluation import greedy_answers
 
     asked = [item for items in sets.values() for item in items]
+    answers = greedy_answers(models, [item.prompt for item in asked], model_params, max_new_tokens, seed,
+                             desc="open-ended")
     rows = []
-    for name, ref in models.items():
-        backend = make_backend(model_params.model_copy(update={"student": ref}), role="student")
-        gens = backend.generate([[{"role": "user", "content": item.prompt}] for item in asked], temperature=0.0,
-                                max_new_tokens=max_new_tokens, seed=seed, desc=f"open-ended {name}")
-        del backend
+    for name, gens in answers.items():
         texts = [gen.text.strip() for gen in gens]
         extra = ([{"bertscore": v} for v in bertscore_f1(texts, [i.references for i in asked], bertscore_model)]
                  if bertscore_model else [{}] * len(asked))

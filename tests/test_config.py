@@ -63,7 +63,7 @@ DELETE = object()
         ("open_ended.tasks", ["squad"], "open_ended.tasks: unknown open-ended task(s) ['squad']"),
         ("open_ended.tasks", ["qmsum"], "qmsum is not on the hub in its own format: give paths.qmsum"),
         ("open_ended.paths", {"qmsum": "no/such.jsonl"}, "paths.qmsum: no such file 'no/such.jsonl'"),
-        ("open_ended.paths", {"squad": "params.yaml"}, "paths: unknown open-ended task 'squad'"),
+        ("open_ended.paths", {"squad": "params.yaml"}, "unknown open-ended task(s) in paths: ['squad']"),
         ("scaling.agents", [1, 4], "scaling.agents: each agent count must be at least 2"),
         ("scaling.strategies", ["pad"], "scaling.strategies.0: Input should be 'rsft', 'da', 'answer_only' or 'cot'"),
         ("grpo.group_size", 1, "grpo.group_size: Input should be greater than or equal to 2"),
