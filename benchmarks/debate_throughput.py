@@ -23,13 +23,17 @@ from agentark_utils.debate import question_prompt
 from agentark_utils.models import torch_device
 
 
-def transformers_generate(backend: HFBackend, conversations, max_new_tokens: int) -> list[str]:
-    """The same batches through `model.generate`, which decodes every row until the longest ends."""
+def transformers_generate(backend: HFBackend, conversations, max_new_tokens: int) -> tuple[list[str], int]:
+    """The same batches through `model.generate`, which decodes every row until the longest ends.
+
+    Returns the texts and the generated tokens counted as the backend counts them (up to and
+    including the first stop token).
+    """
     import torch
 
     prompts = [backend._prompt_ids(c) for c in conversations]
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    texts = [""] * len(prompts)
+    texts, tokens = [""] * len(prompts), 0
     for start in range(0, len(order), backend.batch_size):
         idx = order[start : start + backend.batch_size]
         batch = backend.tokenizer.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt")
@@ -39,7 +43,8 @@ def transformers_generate(backend: HFBackend, conversations, max_new_tokens: int
         for row, i in zip(out[:, batch["input_ids"].shape[1] :].tolist(), idx):
             n = next((k + 1 for k, t in enumerate(row) if t in backend.stop_ids), len(row))
             texts[i] = backend.tokenizer.decode(row[:n], skip_special_tokens=True)
-    return texts
+            tokens += n
+    return texts, tokens
 
 
 def run(backend: HFBackend, conversations, batch_size: int, max_new_tokens: int, engine: str = "decode_batch"):
@@ -51,8 +56,7 @@ def run(backend: HFBackend, conversations, batch_size: int, max_new_tokens: int,
                                 desc=f"batch {batch_size}")
         texts, tokens = [g.text for g in gens], sum(g.completion_tokens for g in gens)
     else:
-        texts = transformers_generate(backend, conversations, max_new_tokens)
-        tokens = sum(len(backend.tokenizer(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts)
+        texts, tokens = transformers_generate(backend, conversations, max_new_tokens)
     wall = time.perf_counter() - began
     return {"engine": engine, "batch_size": batch_size, "generations": len(texts), "generated_tokens": tokens,
             "wall_s": round(wall, 2), "tokens_per_s": round(tokens / wall, 1),
