@@ -12,10 +12,16 @@ prompt and completion token counts and latency.
 
 Latency of a batched call is the batch's wall time divided by its size: the amortized cost of
 one generation, which is what a cost per question should add up.
+
+Sampling seeds are per conversation (`row_seeds`): a hash of the call's seed, the conversation and
+its rank among identical conversations of the call. A sample therefore depends on neither the
+batch nor the chunk it was generated in, and two calls with different seeds never share a stream.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +41,7 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     latency_s: float
+    finish_reason: str = "stop"  # "stop": ended on its own; "length": cut at max_new_tokens
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,15 +54,32 @@ class Backend(Protocol):
                  seed: int, desc: str = "generate") -> list[Generation]: ...
 
 
+def row_seeds(conversations: list[Conversation], seed: int) -> list[int]:
+    """One sampling seed per conversation, from the call's seed and the conversation itself.
+
+    Identical conversations in one call (self-consistency samples, round-1 agents) are told apart by
+    their rank among equals, so they still draw different samples.
+    """
+    seen: dict[str, int] = {}
+    out = []
+    for conversation in conversations:
+        key = json.dumps(conversation, sort_keys=True)
+        rank = seen[key] = seen.get(key, -1) + 1
+        digest = hashlib.sha256(json.dumps([seed, key, rank]).encode()).digest()
+        out.append(int.from_bytes(digest[:4], "little") >> 1)  # 31 bits: every server takes it
+    return out
+
+
 def decode_batch(model, input_ids, attention_mask, *, max_new_tokens: int, stop_ids: list[int], temperature: float,
-                 generator) -> list[list[int]]:
+                 generators=None) -> list[list[int]]:
     """Generate for a left-padded batch; returns each row's new tokens, up to and including its stop token.
 
     Unlike transformers' `generate`, a row leaves the batch (and its slice of the KV cache is dropped)
     as soon as it emits a stop token. Debate answers are short (17 tokens on average of the 64
     allowed by default), and `generate` kept decoding every finished row until the longest one
     ended; dropping them made a debate round 1.5-1.6x faster on 2 CPU cores (benchmarks/debate_throughput.py).
-    temperature 0 is greedy; otherwise plain sampling from softmax(logits / temperature).
+    temperature 0 is greedy; otherwise plain sampling from softmax(logits / temperature), each row
+    drawing from its own `generators[row]`, so a row's sample does not depend on its batch-mates.
     """
     import torch
     from transformers import DynamicCache
@@ -74,7 +98,8 @@ def decode_batch(model, input_ids, attention_mask, *, max_new_tokens: int, stop_
                            use_cache=True, logits_to_keep=1).logits[:, -1].float()
             if temperature > 0:
                 probs = torch.softmax(logits / temperature, dim=-1)
-                next_tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+                next_tokens = torch.stack([torch.multinomial(p, 1, generator=generators[row]).squeeze(-1)
+                                           for p, row in zip(probs, rows.tolist())])
             else:
                 next_tokens = logits.argmax(-1)
             for row, token in zip(rows.tolist(), next_tokens.tolist()):
@@ -115,22 +140,24 @@ class HFBackend:
         import torch
 
         prompts = [self._prompt_ids(c) for c in conversations]
+        seeds = row_seeds(conversations, seed)
         # Longest first: batches of similar length waste little compute on padding.
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         results: list[Generation | None] = [None] * len(prompts)
         bar = tqdm(total=len(prompts), desc=desc, unit="gen", leave=False)
-        for batch_index, start in enumerate(range(0, len(order), self.batch_size)):
+        for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             batch = self.tokenizer.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt")
             batch = {k: v.to(self.model.device) for k, v in batch.items()}
-            generator = torch.Generator(self.model.device).manual_seed(seed + batch_index)
+            generators = [torch.Generator(self.model.device).manual_seed(seeds[i]) for i in idx]
             began = time.perf_counter()
             new = decode_batch(self.model, batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens,
-                               stop_ids=self.stop_ids, temperature=temperature, generator=generator)
+                               stop_ids=self.stop_ids, temperature=temperature, generators=generators)
             latency = (time.perf_counter() - began) / len(idx)
             for row, i in zip(new, idx):
                 text = self.tokenizer.decode(row, skip_special_tokens=True)
-                results[i] = Generation(text, len(prompts[i]), len(row), latency)
+                finish = "stop" if row and row[-1] in self.stop_ids else "length"
+                results[i] = Generation(text, len(prompts[i]), len(row), latency, finish)
             bar.update(len(idx))
         bar.close()
         return results
@@ -155,11 +182,13 @@ class VLLMBackend:
     def generate(self, conversations, *, temperature, max_new_tokens, seed, desc="generate"):
         from vllm import SamplingParams
 
-        params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens, seed=seed)
+        params = [SamplingParams(temperature=temperature, max_tokens=max_new_tokens, seed=s)
+                  for s in row_seeds(conversations, seed)]
         began = time.perf_counter()
         outputs = self.llm.chat(conversations, params, use_tqdm=True)
         latency = (time.perf_counter() - began) / max(len(conversations), 1)
-        return [Generation(o.outputs[0].text, len(o.prompt_token_ids), len(o.outputs[0].token_ids), latency)
+        return [Generation(o.outputs[0].text, len(o.prompt_token_ids), len(o.outputs[0].token_ids), latency,
+                           "length" if o.outputs[0].finish_reason == "length" else "stop")
                 for o in outputs]
 
 
@@ -183,13 +212,15 @@ class OpenAIBackend:
         )
         latency = time.perf_counter() - began
         usage = response.usage
-        return Generation(response.choices[0].message.content or "", usage.prompt_tokens if usage else 0,
-                          usage.completion_tokens if usage else 0, latency)
+        choice = response.choices[0]
+        return Generation(choice.message.content or "", usage.prompt_tokens if usage else 0,
+                          usage.completion_tokens if usage else 0, latency,
+                          "length" if choice.finish_reason == "length" else "stop")
 
     def generate(self, conversations, *, temperature, max_new_tokens, seed, desc="generate"):
         with ThreadPoolExecutor(self.concurrency) as pool:
-            futures = [pool.submit(self._one, c, temperature, max_new_tokens, seed + i)
-                       for i, c in enumerate(conversations)]
+            futures = [pool.submit(self._one, c, temperature, max_new_tokens, s)
+                       for c, s in zip(conversations, row_seeds(conversations, seed))]
             return [f.result() for f in tqdm(futures, desc=desc, unit="gen", leave=False)]
 
 

@@ -9,7 +9,10 @@ extraction stage needs the early rounds to find corrective (wrong, then right) t
 
 Work is batched: all agents of all questions of one round go through one `generate` call. Questions
 are processed in chunks and each finished question is appended to a JSONL file, so a killed run
-loses at most the chunk in flight, and a re-run skips the ids already there.
+loses at most the chunk in flight. Each record is stamped with a fingerprint of the settings, the
+prompts, the grading code and the question itself; a re-run keeps only records whose stamp still
+matches (`runs.resume_jsonl`). Samples are seeded per conversation (`backends.row_seeds`), so they
+do not depend on the chunk or batch a question lands in.
 """
 
 from __future__ import annotations
@@ -21,9 +24,15 @@ from tqdm import tqdm
 from agentark_utils import answers
 from agentark_utils.backends import Backend, Generation
 from agentark_utils.config import DebateParams
-from agentark_utils.store import append_jsonl, read_jsonl, rewrite_jsonl
+from agentark_utils.runs import fingerprint as _fingerprint
+from agentark_utils.runs import resume_jsonl, source_digest
+from agentark_utils.store import append_jsonl, read_jsonl
 from agentark_utils.tasks import Question
-from agentark_utils.training import fingerprint as training_fingerprint
+
+# Each call of a chunk draws from its own seed stream (row_seeds hashes the call seed with the
+# conversation): self-consistency samples and round-1 agents read the same prompt and must not
+# share samples.
+SEED_OFFSETS = {"single": 0, "self_consistency": 1, "summarizer": 2, "round": 3}  # round r: 3 + r
 
 # "a blank line between steps" is steps.STEP_SEPARATOR: the PRM and GRPO cut traces there.
 INSTRUCTIONS = {
@@ -95,12 +104,12 @@ def debate_chunk(questions: list[Question], backend: Backend, cfg: DebateParams,
     first = [[_user(question_prompt(q))] for q in questions]
 
     # Single agent: one greedy call, the way distilled students are evaluated.
-    single = backend.generate(first, temperature=0.0, seed=seed, desc="single", **gen)
+    single = backend.generate(first, temperature=0.0, seed=seed + SEED_OFFSETS["single"], desc="single", **gen)
 
     # Self-consistency: as many samples as the debate's call budget, then a majority vote.
     k = cfg.sc_samples
-    sc = backend.generate([c for c in first for _ in range(k)], temperature=cfg.temperature, seed=seed + 1,
-                          desc="self-consistency", **gen)
+    sc = backend.generate([c for c in first for _ in range(k)], temperature=cfg.temperature,
+                          seed=seed + SEED_OFFSETS["self_consistency"], desc="self-consistency", **gen)
 
     n = cfg.n_agents
     contexts = [[list(c) for _ in range(n)] for c in first]
@@ -114,7 +123,7 @@ def debate_chunk(questions: list[Question], backend: Backend, cfg: DebateParams,
                 for i in range(n):
                     contexts[qi][i].append(_user(revision_prompt(questions[qi], previous[:i] + previous[i + 1:])))
         outs = backend.generate([contexts[qi][i] for qi in active for i in range(n)], temperature=cfg.temperature,
-                                seed=seed + 2 + r, desc=f"debate round {r + 1}", **gen)
+                                seed=seed + SEED_OFFSETS["round"] + r, desc=f"debate round {r + 1}", **gen)
         for pos, qi in enumerate(active):
             calls = []
             for i in range(n):
@@ -133,7 +142,8 @@ def debate_chunk(questions: list[Question], backend: Backend, cfg: DebateParams,
     summaries: list[Generation | None] = [None] * len(questions)
     if cfg.summarizer:
         prompts = [[_user(summarizer_prompt(q, [c["text"] for c in rounds[qi][-1]]))] for qi, q in enumerate(questions)]
-        summaries = backend.generate(prompts, temperature=0.0, seed=seed + 100, desc="summarizer", **gen)
+        summaries = backend.generate(prompts, temperature=0.0, seed=seed + SEED_OFFSETS["summarizer"],
+                                     desc="summarizer", **gen)
 
     records = []
     for qi, q in enumerate(questions):
@@ -166,35 +176,38 @@ def _protocol() -> list[str]:
 
 
 def fingerprint(*sections) -> str:
-    """A hash of the settings and prompts that shape a record; records made otherwise are discarded."""
-    return training_fingerprint([s.model_dump() if hasattr(s, "model_dump") else s for s in sections], _protocol())
+    """A hash of the settings, prompts and grading code that shape every record of a run."""
+    return _fingerprint([s.model_dump() if hasattr(s, "model_dump") else s for s in sections], _protocol(),
+                        source_digest("agentark_utils.answers"))
+
+
+def record_fingerprint(run_fingerprint: str, question: Question) -> str:
+    """One record's stamp: its run's, and the question itself (a changed generator changes it)."""
+    return _fingerprint(run_fingerprint, question.to_dict())
 
 
 def run_debate(splits: dict[str, list[Question]], backend: Backend, cfg: DebateParams, records_path: str | Path,
                run_fingerprint: str) -> list[dict]:
     """Debate every question of every split, resuming from `records_path`; return all records in order.
 
-    Records already in the file with the same fingerprint are kept and skipped; records made
-    under other settings are dropped, so a changed parameter never mixes two runs.
+    A record already in the file is kept only if its stamp matches this run and its question
+    (`record_fingerprint`); any other record is removed, so a changed parameter, prompt, grader or
+    question never mixes two runs.
     """
     records_path = Path(records_path)
-    existing = read_jsonl(records_path, repair=True)
-    kept = [r for r in existing if r.get("fingerprint") == run_fingerprint]
-    if len(kept) != len(existing):
-        rewrite_jsonl(records_path, kept)
-    done = {r["id"] for r in kept}
-
     ordered = [(split, q) for split, qs in splits.items() for q in qs]
+    expected = {q.id: record_fingerprint(run_fingerprint, q) for _, q in ordered}
+    done = {r["id"] for r in resume_jsonl(records_path, lambda r: expected.get(r["id"]))}
+
     chunks = [ordered[i : i + cfg.chunk_size] for i in range(0, len(ordered), cfg.chunk_size)]
     bar = tqdm(total=len(ordered), initial=sum(q.id in done for _, q in ordered), desc="questions", unit="q")
-    for index, chunk in enumerate(chunks):
+    for chunk in chunks:
         todo = [(split, q) for split, q in chunk if q.id not in done]
         if not todo:
             continue
-        # Seeded by chunk position, so a resumed run samples a chunk as the first run would have.
-        made = debate_chunk([q for _, q in todo], backend, cfg, seed=cfg.seed + 10_000 * index)
-        for (split, _), record in zip(todo, made):
-            record.update(split=split, fingerprint=run_fingerprint)
+        made = debate_chunk([q for _, q in todo], backend, cfg, seed=cfg.seed)
+        for (split, q), record in zip(todo, made):
+            record.update(split=split, fingerprint=expected[q.id])
         append_jsonl(records_path, made)
         done.update(q.id for _, q in todo)
         bar.update(len(todo))

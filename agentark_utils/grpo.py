@@ -19,6 +19,7 @@ from pathlib import Path
 
 from agentark_utils.config import GRPOParams
 from agentark_utils.debate import question_prompt
+from agentark_utils.runs import path_digest
 from agentark_utils.tasks import Question
 from agentark_utils.training import (fingerprint, prepare_checkpoints, remove_checkpoints,
                                      stop_on_non_finite_callback)
@@ -46,6 +47,11 @@ def prompt_rows(questions: list[Question]) -> list[dict]:
             for q in questions]
 
 
+def scorer_dir(scorer) -> str:
+    """The saved PRM behind a scorer (a `prm.StepScorer` or its directory)."""
+    return str(scorer) if isinstance(scorer, (str, Path)) else scorer.prm_dir
+
+
 def train_grpo(questions: list[Question], student: str, scorer, out_dir: str | Path, params: GRPOParams,
                device: str = "auto", trust_remote_code: bool = False) -> GRPOResult:
     """Optimise `student` on `questions` against the rewards; save the policy to `out_dir` atomically.
@@ -62,7 +68,9 @@ def train_grpo(questions: list[Question], student: str, scorer, out_dir: str | P
         raise ValueError("GRPO needs at least one training question")
     out_dir = Path(out_dir)
     ckpt_dir = out_dir.with_name(out_dir.name + ".checkpoints")
-    resume = prepare_checkpoints(ckpt_dir, fingerprint(student, params.model_dump(), [q.id for q in questions]))
+    # The reward model is part of what a checkpoint was trained against: a changed PRM restarts.
+    resume = prepare_checkpoints(ckpt_dir, fingerprint(path_digest(student), params.model_dump(),
+                                                       [q.to_dict() for q in questions], path_digest(scorer_dir(scorer))))
     if isinstance(scorer, (str, Path)):
         from agentark_utils.prm import StepScorer
 

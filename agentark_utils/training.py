@@ -10,20 +10,16 @@ checkpoint and model directories; the others wait for it (`is_main_process`, `ba
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
 from pathlib import Path
 
+from agentark_utils.runs import fingerprint  # noqa: F401  (the trainers stamp checkpoints with it)
+
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
-
-
-def fingerprint(*parts) -> str:
-    """A short stable hash of JSON-serialisable parts (data rows, model name, settings)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _step(checkpoint: Path) -> int:

@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from agentark_utils.backends import HFBackend, OpenAIBackend, decode_batch, make_backend
+from agentark_utils.backends import Generation, HFBackend, OpenAIBackend, decode_batch, make_backend, row_seeds
 from agentark_utils.config import ModelParams
 from agentark_utils.models import ModelNotFoundError
 
@@ -39,7 +39,7 @@ def test_decode_batch_greedy_matches_transformers_generate(hf):
 
     batch = _padded(hf, CONVERSATIONS)
     ours = decode_batch(hf.model, batch["input_ids"], batch["attention_mask"], max_new_tokens=12,
-                        stop_ids=hf.stop_ids, temperature=0.0, generator=torch.Generator().manual_seed(0))
+                        stop_ids=hf.stop_ids, temperature=0.0)
     for conversation, new in zip(CONVERSATIONS, ours):
         ids = torch.tensor([hf._prompt_ids(conversation)])
         reference = hf.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
@@ -71,7 +71,7 @@ def test_decode_batch_drops_a_row_once_it_stops():
     model = CountingLM()
     ids = torch.tensor([[0, 10], [5, 20], [0, 30]])  # the first and last rows are left-padded
     new = decode_batch(model, ids, torch.tensor([[0, 1], [1, 1], [0, 1]]), max_new_tokens=5, stop_ids=[12, 31],
-                       temperature=0.0, generator=None)
+                       temperature=0.0)
     assert new == [[11, 12], [21, 22, 23, 24, 25], [31]]
     assert model.widths == [3, 2, 1, 1, 1]  # the third row left after step 1, the first after step 2
 
@@ -94,6 +94,35 @@ def test_hf_sampling_is_seeded(hf):
     c = hf.generate(CONVERSATIONS, temperature=1.0, max_new_tokens=10, seed=8)
     assert [g.text for g in a] == [g.text for g in b]
     assert [g.text for g in a] != [g.text for g in c]
+
+
+def test_hf_samples_do_not_depend_on_batching(hf):
+    """A conversation's sample is the same alone, in a small batch or in a full one."""
+    together = HFBackend.__new__(HFBackend)
+    together.__dict__.update(hf.__dict__)
+    alone = HFBackend.__new__(HFBackend)
+    alone.__dict__.update({**hf.__dict__, "batch_size": 1})
+    conversations = CONVERSATIONS + CONVERSATIONS[:1]
+    batched = together.generate(conversations, temperature=1.0, max_new_tokens=10, seed=3)
+    single = alone.generate(conversations, temperature=1.0, max_new_tokens=10, seed=3)
+    assert [g.text for g in batched] == [g.text for g in single]
+    # The first conversation's own sample does not change when other conversations join the call.
+    assert hf.generate(CONVERSATIONS[:1], temperature=1.0, max_new_tokens=10, seed=3)[0].text == batched[0].text
+
+
+def test_row_seeds_differ_between_calls_and_between_equal_conversations():
+    same = [CONVERSATIONS[0]] * 3
+    seeds = row_seeds(same, seed=1)
+    assert len(set(seeds)) == 3  # k self-consistency samples of one prompt are k streams
+    assert not set(seeds) & set(row_seeds(same, seed=2))  # another call (e.g. a debate round) shares none
+    assert row_seeds(CONVERSATIONS[1:2] + same, seed=1)[1:] == seeds  # independent of the other rows
+
+
+def test_hf_finish_reason(hf):
+    (cut,) = hf.generate(CONVERSATIONS[:1], temperature=0.0, max_new_tokens=2, seed=0)
+    assert cut.finish_reason == "length" and cut.completion_tokens == 2
+    stopped = Generation("x", 3, 2, 0.1)
+    assert stopped.finish_reason == "stop"
 
 
 def test_unknown_model_names_every_place_tried(monkeypatch, tmp_path):

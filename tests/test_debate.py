@@ -5,7 +5,7 @@ import pytest
 from agentark_utils import metrics
 from agentark_utils.backends import Generation
 from agentark_utils.config import DebateParams
-from agentark_utils.debate import debate_chunk, fingerprint, run_debate
+from agentark_utils.debate import debate_chunk, fingerprint, record_fingerprint, run_debate
 from agentark_utils.store import read_jsonl
 from agentark_utils.tasks import Question
 
@@ -132,7 +132,50 @@ def test_run_debate_resumes_skips_finished_ids_and_drops_other_settings(tmp_path
 
     other = cfg(chunk_size=1, temperature=0.1)
     run_debate({"test": [Q1]}, backend, other, path, fingerprint(other))
-    assert [r["fingerprint"] for r in read_jsonl(path)] == [fingerprint(other)]
+    assert [r["fingerprint"] for r in read_jsonl(path)] == [record_fingerprint(fingerprint(other), Q1)]
+
+
+def test_run_debate_redebates_a_question_whose_content_changed(tmp_path):
+    """Same id, new question (an edited task generator): the stored record is not reused."""
+    path = tmp_path / "records.jsonl"
+    backend = ScriptedBackend(lambda c, i, t: "Final Answer: 5")
+    params = cfg(chunk_size=1)
+    run_debate({"test": [Q1]}, backend, params, path, fingerprint(params))
+    edited = Question("q1", "t", "What is 2 + 4?", "6", "math")
+    n_calls = len(backend.calls)
+    (record,) = run_debate({"test": [edited]}, backend, params, path, fingerprint(params))
+    assert len(backend.calls) > n_calls
+    assert record["question"]["question"] == "What is 2 + 4?" and record["single"]["status"] == "wrong"
+    assert [r["question"]["answer"] for r in read_jsonl(path)] == ["6"]
+
+
+def test_a_changed_grader_changes_the_fingerprint(monkeypatch):
+    from agentark_utils import runs
+
+    params = cfg()
+    before = fingerprint(params)
+    monkeypatch.setattr(runs.inspect, "getsource", lambda module: "def grade(): return 'correct'")
+    assert fingerprint(params) != before  # stored grades are not reused under a new grader
+
+
+def test_samples_do_not_depend_on_the_chunk_size(tmp_path):
+    """A sampled debate gives the same records whether questions are debated one or two at a time."""
+    class SeedEcho(ScriptedBackend):
+        """Answers with (a function of) each row's sampling seed."""
+
+        def generate(self, conversations, *, temperature, max_new_tokens, seed, desc="generate"):
+            from agentark_utils.backends import row_seeds
+
+            return [Generation(f"Final Answer: {s % 7}", 1, 1, 0.0) for s in row_seeds(conversations, seed)]
+
+    texts = []
+    for chunk_size in (1, 2):
+        params = cfg(chunk_size=chunk_size, early_stop=False)
+        records = run_debate({"test": [Q1, Q2]}, SeedEcho(None), params, tmp_path / f"{chunk_size}.jsonl",
+                             fingerprint(params))
+        texts.append([[c["text"] for c in r["self_consistency"]["samples"]] + [c["text"] for c in r["debate"]["rounds"][0]]
+                      for r in records])
+    assert texts[0] == texts[1]
 
 
 def test_a_changed_prompt_wording_changes_the_fingerprint(monkeypatch):
