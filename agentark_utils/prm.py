@@ -273,6 +273,7 @@ class StepScorer:
                  trust_remote_code: bool = False):
         from agentark_utils.models import torch_device
 
+        self.prm_dir = prm_dir
         self.model, self.tokenizer = load_prm(prm_dir, trust_remote_code)
         self.device = torch_device(device)
         self.model.to(self.device).eval()
