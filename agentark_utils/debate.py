@@ -167,8 +167,9 @@ def debate_chunk(questions: list[Question], backend: Backend, cfg: DebateParams,
     return records
 
 
-def _protocol() -> list[str]:
-    """The prompts rendered on a probe question: any change in their wording changes the fingerprint."""
+def rendered_prompts() -> list[str]:
+    """Every prompt rendered on a probe question (placeholders PROBLEM, PEER, FINAL): any change in
+    their wording changes the fingerprint, and extraction spots outputs that echo them."""
     probe = Question("probe", "probe", "PROBLEM", "0", "number")
     choice = Question("probe", "probe", "PROBLEM", "A", "choice", ["x", "y"])
     return [question_prompt(probe), question_prompt(choice), revision_prompt(probe, ["PEER"]),
@@ -177,7 +178,7 @@ def _protocol() -> list[str]:
 
 def fingerprint(*sections) -> str:
     """A hash of the settings, prompts and grading code that shape every record of a run."""
-    return _fingerprint([s.model_dump() if hasattr(s, "model_dump") else s for s in sections], _protocol(),
+    return _fingerprint([s.model_dump() if hasattr(s, "model_dump") else s for s in sections], rendered_prompts(),
                         source_digest("agentark_utils.answers"))
 
 

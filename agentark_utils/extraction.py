@@ -3,9 +3,17 @@
 - A_correct: the agents whose final-round answer is verified correct. Questions with fewer than
   `min_correct` of them (the paper: 2) are dropped, for every strategy, so that all students train
   on the same questions.
-- Corrective trace: an agent wrong (or unparsed) in round 1 and correct in its final round.
-- Diverse selection of k correct traces per question, behind one interface: the offline default
-  (greedy max-min distance over word n-grams) or an LLM judge (any backend).
+- Clean traces only: a trace becomes a training target only if it ended on its own (did not hit
+  `max_new_tokens`), does not echo the prompts' instructions, and is correct on an explicit
+  final-answer line (strict grade), so that nothing graded correct by accident ("the final answer
+  to the previous step: 8 + 0" with gold 8) teaches anything. A kept question needs at least one
+  clean correct agent trace; `extraction_stats` counts what each filter dropped.
+- Corrective trace: an agent wrong (or unparsed) in round 1 and correct in its final round. Its
+  target is that agent's final-round completion, trained under the question's own prompt (the
+  student learns to produce the revised solution directly, without the debate's context).
+- Diverse selection of k correct traces per question, after dropping duplicates (same text up to
+  case and whitespace), behind one interface: the offline default (greedy max-min distance over
+  word n-grams) or an LLM judge (any backend).
 
 Each strategy's examples are prompt -> completion pairs with a weight; a question's weights sum to 1.
 """
@@ -14,11 +22,12 @@ from __future__ import annotations
 
 import random
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Protocol
 
-from agentark_utils import answers
-from agentark_utils.debate import question_prompt
+from agentark_utils.debate import question_prompt, rendered_prompts
 from agentark_utils.tasks import Question
 
 
@@ -49,12 +58,61 @@ def corrective_agents(record: dict) -> list[int]:
     return [i for i in correct_agents(record) if first[i]["status"] != "correct"]
 
 
-def with_final_answer(text: str, gold: str) -> str:
-    """The trace as the completion; a 'Final Answer:' line is added when the trace has none."""
-    text = text.strip()
-    if answers.extract_final_answer(text) is None:
-        text += f"\nFinal Answer: {gold}"
-    return text
+# --- clean traces -----------------------------------------------------------------------------
+
+ECHO_NGRAM = 6  # six consecutive words of an instruction: long enough that no real solution says them
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+@lru_cache(maxsize=1)
+def _prompt_ngrams() -> frozenset[tuple[str, ...]]:
+    placeholders = {"problem", "peer", "final"}  # the probe question's stand-ins, not instructions
+    grams = set()
+    for prompt in rendered_prompts():
+        words = [w for w in _words(prompt) if w not in placeholders]
+        grams.update(tuple(words[i : i + ECHO_NGRAM]) for i in range(len(words) - ECHO_NGRAM + 1))
+    return frozenset(grams)
+
+
+def echoes_prompt(text: str) -> bool:
+    """True if the text repeats a run of the debate prompts' instructions (a small model often
+    copies the revision prompt into its answer)."""
+    words = _words(text)
+    return any(tuple(words[i : i + ECHO_NGRAM]) in _prompt_ngrams() for i in range(len(words) - ECHO_NGRAM + 1))
+
+
+def unclean_reason(call: dict) -> str | None:
+    """Why a correct call's text must not become a training target, or None if it is clean."""
+    if call.get("finish_reason") == "length":
+        return "hit_max_new_tokens"
+    if echoes_prompt(call["text"]):
+        return "echoes_prompt"
+    if call.get("strict_status") != "correct":
+        return "no_final_answer_line"
+    return None
+
+
+def clean_correct_agents(record: dict) -> list[int]:
+    """The agents of A_correct whose final-round trace is clean."""
+    return [i for i in correct_agents(record) if unclean_reason(final_round(record)[i]) is None]
+
+
+def _normalized(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def distinct(indices: list[int], texts: list[str]) -> list[int]:
+    """`indices` without those whose text repeats an earlier one (up to case and whitespace)."""
+    seen, out = set(), []
+    for i in indices:
+        key = _normalized(texts[i])
+        if key not in seen:
+            seen.add(key)
+            out.append(i)
+    return out
 
 
 # --- diverse selection ------------------------------------------------------------------------
@@ -140,40 +198,44 @@ class JudgeSelector:
 # --- examples per strategy --------------------------------------------------------------------
 
 def eligible(records: list[dict], min_correct: int = 2) -> list[dict]:
-    """Training-split records with at least `min_correct` correct agents (the paper's filter)."""
-    return [r for r in records if r["split"] == "train" and len(correct_agents(r)) >= min_correct]
+    """Training-split records with at least `min_correct` correct agents (the paper's filter) and at
+    least one clean correct trace to learn from."""
+    return [r for r in records if r["split"] == "train" and len(correct_agents(r)) >= min_correct
+            and clean_correct_agents(r)]
 
 
 def rsft_examples(records: list[dict]) -> list[Example]:
-    """One correct trace per question: a corrective one first, else the summarizer's if correct,
-    else the first correct agent's."""
+    """One clean correct trace per question: a corrective one first, else the summarizer's if
+    correct and clean, else the first clean correct agent's."""
     out = []
     for r in records:
         q = Question.from_dict(r["question"])
-        corrective = corrective_agents(r)
+        clean = clean_correct_agents(r)
+        corrective = [i for i in corrective_agents(r) if i in clean]
         summary = r["debate"]["summarizer"]
         if corrective:
             i = corrective[0]
             text, source = final_round(r)[i]["text"], f"agent {i + 1} (corrective)"
-        elif summary and summary["status"] == "correct":
+        elif summary and summary["status"] == "correct" and unclean_reason(summary) is None:
             text, source = summary["text"], "summarizer"
         else:
-            i = correct_agents(r)[0]
+            i = clean[0]
             text, source = final_round(r)[i]["text"], f"agent {i + 1}"
-        out.append(Example(q.id, question_prompt(q), with_final_answer(text, q.answer), 1.0, source))
+        out.append(Example(q.id, question_prompt(q), text.strip(), 1.0, source))
     return out
 
 
 def da_examples(records: list[dict], k: int, selector: Selector) -> list[Example]:
-    """k diverse correct traces per question, each its own example, weighted 1/k (the paper's Eq. 2)."""
+    """k diverse clean correct traces per question (duplicates dropped first), each its own
+    example, weighted 1/k (the paper's Eq. 2)."""
     out = []
     for r in records:
         q = Question.from_dict(r["question"])
-        agents = correct_agents(r)
-        traces = [final_round(r)[i]["text"] for i in agents]
-        picked = selector.select(q, traces, k)
+        texts = [call["text"] for call in final_round(r)]
+        agents = distinct(clean_correct_agents(r), texts)
+        picked = selector.select(q, [texts[i] for i in agents], k)
         for j in picked:
-            out.append(Example(q.id, question_prompt(q), with_final_answer(traces[j], q.answer), 1.0 / len(picked),
+            out.append(Example(q.id, question_prompt(q), texts[agents[j]].strip(), 1.0 / len(picked),
                                f"agent {agents[j] + 1}"))
     return out
 
@@ -188,16 +250,17 @@ def answer_only_examples(records: list[dict]) -> list[Example]:
 
 
 def single_agent_cot_examples(records: list[dict]) -> list[Example]:
-    """Baseline: the single agent's own correct trace (its greedy answer, else a correct
+    """Baseline: the single agent's own clean correct trace (its greedy answer, else a
     self-consistency sample): self-training with no debate. Questions without one are skipped."""
     out = []
     for r in records:
         q = Question.from_dict(r["question"])
         candidates = [("single", r["single"])] + [(f"sample {i + 1}", s)
                                                   for i, s in enumerate(r["self_consistency"]["samples"])]
-        found = next(((name, c) for name, c in candidates if c["status"] == "correct"), None)
+        found = next(((name, c) for name, c in candidates if c["status"] == "correct" and unclean_reason(c) is None),
+                     None)
         if found:
-            out.append(Example(q.id, question_prompt(q), with_final_answer(found[1]["text"], q.answer), 1.0, found[0]))
+            out.append(Example(q.id, question_prompt(q), found[1]["text"].strip(), 1.0, found[0]))
     return out
 
 
@@ -218,11 +281,21 @@ def build_examples(records: list[dict], min_correct: int, k: int, selector: Sele
 def extraction_stats(records: list[dict], min_correct: int, examples: dict[str, list[Example]]) -> dict:
     """Counts for the report: what was kept, dropped and found."""
     train = [r for r in records if r["split"] == "train"]
+    enough = [r for r in train if len(correct_agents(r)) >= min_correct]
     kept = eligible(records, min_correct)
+    # Every correct final-round agent trace of the training questions, by why it is unusable.
+    reasons = Counter(unclean_reason(final_round(r)[i]) for r in train for i in correct_agents(r))
     return {
         "n_train_questions": len(train),
         "n_kept": len(kept),
-        "n_dropped_fewer_than_min_correct": len(train) - len(kept),
+        "n_dropped_fewer_than_min_correct": len(train) - len(enough),
+        "n_dropped_no_clean_trace": len(enough) - len(kept),
+        "correct_traces": sum(reasons.values()),
+        "clean_correct_traces": reasons.pop(None, 0),
+        "unclean_correct_traces": dict(sorted(reasons.items())),
+        "duplicate_clean_traces": sum(len(clean_correct_agents(r)) - len(distinct(clean_correct_agents(r),
+                                                                                  [c["text"] for c in final_round(r)]))
+                                      for r in kept),
         "corrective_traces": sum(len(corrective_agents(r)) for r in train),
         "kept_questions_with_corrective_trace": sum(bool(corrective_agents(r)) for r in kept),
         "rows": {name: len(rows) for name, rows in examples.items()},

@@ -10,16 +10,19 @@ Q = {"id": "q", "task": "t", "question": "What is 2 + 3?", "answer": "5", "answe
      "choices": [], "reasoning": None, "metadata": {}}
 
 
-def call(status, text=None):
+def call(status, text=None, finish_reason="stop"):
     answer = {"correct": "5", "wrong": "6", "unparsed": None}[status]
-    return {"text": text or (f"work... Final Answer: {answer}" if answer else "hmm"), "answer": answer,
-            "status": status, "prompt_tokens": 1, "completion_tokens": 1, "latency_s": 0.0}
+    text = text or (f"work... Final Answer: {answer}" if answer else "hmm")
+    # strict grade: only an explicit final-answer line counts
+    strict = status if "final answer:" in text.lower() else "unparsed"
+    return {"text": text, "answer": answer, "status": status, "strict_status": strict,
+            "prompt_tokens": 1, "completion_tokens": 1, "latency_s": 0.0, "finish_reason": finish_reason}
 
 
 def record(rounds, qid="q", split="train", summary="correct", single="wrong", samples=("wrong",)):
     return {"id": qid, "split": split, "question": {**Q, "id": qid},
             "single": call(single, "single agent: Final Answer: 5" if single == "correct" else None),
-            "self_consistency": {"samples": [call(s, f"sample says 5 ({i})" if s == "correct" else None)
+            "self_consistency": {"samples": [call(s, f"sample {i}\nFinal Answer: 5" if s == "correct" else None)
                                              for i, s in enumerate(samples)]},
             "debate": {"rounds": [[call(s, t) for s, t in r] for r in rounds],
                        "summarizer": call(summary, "summary: Final Answer: 5") if summary else None}}
@@ -57,17 +60,20 @@ def test_fewer_than_two_correct_agents_are_dropped_and_test_split_never_trains()
 def test_rsft_prefers_a_corrective_trace_then_the_summarizer():
     corrective = record([R("wrong", "correct"), [("correct", "fixed it: Final Answer: 5"), ("correct", "b: 5")]], "c")
     with_summary = record([[("correct", "a: Final Answer: 5"), ("correct", "b: Final Answer: 5")]], "s")
-    no_summary = record([[("wrong", None), ("correct", "b says 5"), ("correct", "c: 5")]], "n", summary="wrong")
+    no_summary = record([[("wrong", None), ("correct", "b says 5"), ("correct", "c: Final Answer: 5")]], "n",
+                        summary="wrong")
     ex = {e.question_id: e for e in extraction.rsft_examples([corrective, with_summary, no_summary])}
     assert ex["c"].completion == "fixed it: Final Answer: 5" and ex["c"].source == "agent 1 (corrective)"
     assert ex["s"].source == "summarizer"
-    assert ex["n"].source == "agent 2" and ex["n"].completion == "b says 5\nFinal Answer: 5"  # answer line added
+    # agent 2 is correct only by its last number: agent 3, correct on a final-answer line, teaches
+    assert ex["n"].source == "agent 3" and ex["n"].completion == "c: Final Answer: 5"
     assert all(e.weight == 1.0 and "2 + 3" in e.prompt for e in ex.values())
 
 
 def test_da_weights_each_question_once_and_k_larger_than_available():
-    three = record([[("correct", "add two and three get 5"), ("correct", "5 = 2 + 3 yes"), ("correct", "count: 5")]], "a")
-    two = record([[("correct", "x 5"), ("correct", "y 5"), ("wrong", None)]], "b")
+    three = record([[("correct", "add two and three\nFinal Answer: 5"), ("correct", "2 + 3 = 5 yes\nFinal Answer: 5"),
+                     ("correct", "count\nFinal Answer: 5")]], "a")
+    two = record([[("correct", "x\nFinal Answer: 5"), ("correct", "y\nFinal Answer: 5"), ("wrong", None)]], "b")
     rows = extraction.da_examples([three, two], k=3, selector=extraction.NgramSelector())
     by_q = {}
     for e in rows:
@@ -127,6 +133,47 @@ def test_baselines_answer_only_and_single_agent_cot():
     assert [(e.question_id, e.source) for e in cot] == [("a", "single"), ("b", "sample 2")]
 
 
+@pytest.mark.parametrize(
+    "text, finish_reason, reason",
+    [
+        ("2 + 3 = 5\nFinal Answer: 5", "stop", None),
+        ("2 + 3 = 5\nFinal Answer: 5 and then 2 + 3 = 5 again", "length", "hit_max_new_tokens"),
+        ("Use them as additional advice: look for mistakes in their reasoning.\nFinal Answer: 5", "stop",
+         "echoes_prompt"),
+        ("Solve it step by step, with a blank line between steps.\nFinal Answer: 5", "stop", "echoes_prompt"),
+        ("the final answer to the previous step: 2 + 3", "stop", "no_final_answer_line"),  # correct by accident
+        ("so it is 5", "stop", "no_final_answer_line"),
+    ],
+)
+def test_unclean_reason(text, finish_reason, reason):
+    assert extraction.unclean_reason(call("correct", text, finish_reason)) == reason
+
+
+def test_unclean_traces_never_become_targets_and_are_counted():
+    echo = "Here are the solutions of other agents to the same problem: 5\nFinal Answer: 5"
+    cut = call("correct", "2 + 3 = 5\nFinal Answer: 5", finish_reason="length")
+    a = record([[("correct", "by luck 5"), ("correct", echo)]], "a")  # two correct agents, neither clean
+    b = record([[("correct", "2 + 3 = 5\nFinal Answer: 5"), ("correct", "by luck 5")]], "b", summary=None)
+    b["debate"]["rounds"][-1].append(cut)
+    examples = extraction.build_examples([a, b], 2, 3, extraction.NgramSelector())
+    assert {e.question_id for rows in examples.values() for e in rows} == {"b"}
+    assert [e.completion for e in examples["da"]] == ["2 + 3 = 5\nFinal Answer: 5"]
+    stats = extraction.extraction_stats([a, b], 2, examples)
+    assert stats["n_dropped_no_clean_trace"] == 1 and stats["n_kept"] == 1
+    assert stats["unclean_correct_traces"] == {"echoes_prompt": 1, "hit_max_new_tokens": 1, "no_final_answer_line": 2}
+    assert stats["clean_correct_traces"] == 1 and stats["correct_traces"] == 5
+
+
+def test_da_drops_duplicate_traces_before_selecting():
+    same = "2 + 3 = 5\nFinal Answer: 5"
+    r = record([[("correct", same), ("correct", "  2 + 3 = 5\n\nFINAL ANSWER: 5 "),
+                 ("correct", "count up\nFinal Answer: 5")]], "a")
+    rows = extraction.da_examples([r], k=3, selector=extraction.NgramSelector())
+    assert len(rows) == 2 and {e.completion for e in rows} == {same, "count up\nFinal Answer: 5"}
+    assert sum(e.weight for e in rows) == pytest.approx(1.0)
+    assert extraction.extraction_stats([r], 2, {"da": rows})["duplicate_clean_traces"] == 1
+
+
 def test_build_examples_and_stats_agree():
     records = [record([R("wrong", "correct", "correct"), R("correct", "correct", "correct")], "a"),
                record([R("correct", "wrong", "wrong")], "b")]
@@ -134,4 +181,5 @@ def test_build_examples_and_stats_agree():
     stats = extraction.extraction_stats(records, 2, examples)
     assert stats["n_kept"] == 1 and stats["n_dropped_fewer_than_min_correct"] == 1
     assert stats["corrective_traces"] == 1 and stats["kept_questions_with_corrective_trace"] == 1
-    assert stats["rows"]["da"] == 2 and stats["questions"]["da"] == 1
+    assert stats["rows"]["da"] == 1 and stats["questions"]["da"] == 1  # the agents' texts are all the same
+    assert stats["duplicate_clean_traces"] == 2
