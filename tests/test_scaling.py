@@ -1,7 +1,8 @@
 import pytest
 
 from agentark_utils.extraction import Example
-from agentark_utils.scaling import data_subset, question_order
+from agentark_utils.config import SFTParams
+from agentark_utils.scaling import data_subset, point_fingerprint, question_order
 
 
 def rows(n_questions: int, per_question: int = 3) -> list[Example]:
@@ -37,3 +38,17 @@ def test_the_subset_depends_on_the_seed_only():
 def test_a_fraction_outside_zero_one_is_refused(fraction):
     with pytest.raises(ValueError, match="fraction must be in"):
         data_subset(rows(4), fraction, seed=0)
+
+
+def test_a_point_is_not_reused_after_a_training_setting_changes(tmp_path):
+    sft = SFTParams(learning_rate=5e-5, epochs=3, batch_size=8)
+    inputs = [e.to_dict() for e in rows(4)]
+    model = tmp_path / "base"
+    model.mkdir()
+    (model / "weights").write_bytes(b"v1")
+    before = point_fingerprint("data", "da", 4, inputs, str(model), [sft])
+    assert point_fingerprint("data", "da", 4, inputs, str(model), [sft]) == before
+    assert point_fingerprint("data", "da", 4, inputs, str(model), [sft.model_copy(update={"learning_rate": 1e-4})]) != before
+    assert point_fingerprint("data", "da", 4, inputs[:-1], str(model), [sft]) != before  # other rows
+    (model / "weights").write_bytes(b"v2")
+    assert point_fingerprint("data", "da", 4, inputs, str(model), [sft]) != before  # other base weights
