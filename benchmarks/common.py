@@ -12,10 +12,14 @@ from agentark_utils.tasks import load_task
 
 
 def setup(n_questions: int):
-    """(params, questions): the validated params.yaml and the first test questions of its task."""
+    """(params, questions): the validated params.yaml and the first `n_questions` of the pipeline's
+    own test split, so a benchmark never scores a student on a question it was trained on."""
     params = load_params("params.yaml")
-    _, test = load_task(params.data.task, 0, n_questions, seed=params.data.seed, path=params.data.path)
-    return params, test
+    data = params.data
+    _, test = load_task(data.task, data.n_train, data.n_test, seed=data.seed, path=data.path)
+    if n_questions > len(test):
+        raise SystemExit(f"--questions {n_questions}: the pipeline's test split has {len(test)} (data.n_test)")
+    return params, test[:n_questions]
 
 
 def reset_peak_rss() -> None:

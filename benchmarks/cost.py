@@ -3,7 +3,8 @@
     python benchmarks/cost.py [--questions 32] [--student models/da] [--device cpu]
 
 Runs the default debate (params.yaml `debate`, with its single-agent and self-consistency
-baselines) and the student (one greedy generation) on the same test questions, in one process,
+baselines) and the student (one greedy generation) on the same questions, the first of the pipeline's
+test split (never a training question of the student), in one process,
 batched the same way. Per question: calls, generated tokens and generation wall time (each batch's
 wall time shared among its sequences). Writes results/benchmarks/cost.json.
 """
