@@ -70,32 +70,77 @@ def row_seeds(conversations: list[Conversation], seed: int) -> list[int]:
     return out
 
 
-def decode_batch(model, input_ids, attention_mask, *, max_new_tokens: int, stop_ids: list[int], temperature: float,
-                 generators=None) -> list[list[int]]:
-    """Generate for a left-padded batch; returns each row's new tokens, up to and including its stop token.
+def _common_prefix(prompts: list[list[int]]) -> int:
+    """Length of the token prefix every prompt shares, leaving each at least one token of its own
+    (the last prompt token must go through the model to give the first logits)."""
+    n = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    for other in prompts[1:]:
+        n = min(n, next((i for i, (a, b) in enumerate(zip(first[:n], other[:n])) if a != b), n))
+    return max(n, 0)
 
-    Unlike transformers' `generate`, a row leaves the batch (and its slice of the KV cache is dropped)
-    as soon as it emits a stop token. Debate answers are short (17 tokens on average of the 64
-    allowed by default), and `generate` kept decoding every finished row until the longest one
-    ended; dropping them made a debate round 1.5-1.6x faster on 2 CPU cores (benchmarks/debate_throughput.py).
+
+def prefill(model, prompts: list[list[int]], pad_id: int, cache, share_prefixes: bool = True):
+    """Run the prompts through the model into `cache`; return (attention mask, last-token logits).
+
+    Computed once and reused (prefix sharing): the prefix all prompts of the batch share (the chat
+    template's system turn, or a whole prompt in a call of self-consistency samples), and each
+    distinct prompt (round-1 agents and samples read the same one). The shared prefix goes through
+    as one row and its KV cache is copied to the distinct remainders, which go through left-padded;
+    their caches are then copied to the rows that repeat them. The padding sits between prefix and
+    remainder: the attention mask hides it and positions count real tokens only, so each row sees
+    exactly its own prompt. With share_prefixes=False every row is prefilled whole (the old path).
+    """
+    import torch
+
+    device = model.device
+    shared = _common_prefix(prompts) if share_prefixes and len(prompts) > 1 else 0
+    remainders = [tuple(p[shared:]) for p in prompts]
+    unique = list(dict.fromkeys(remainders)) if share_prefixes else remainders
+    slot = {r: i for i, r in enumerate(unique)}
+    if shared:
+        prefix = torch.tensor([prompts[0][:shared]], device=device)
+        model(input_ids=prefix, position_ids=torch.arange(shared, device=device)[None], cache=cache, use_cache=True,
+              logits_to_keep=1)
+        cache.batch_select_indices(torch.zeros(len(unique), dtype=torch.long, device=device))
+    width = max(len(r) for r in unique)
+    tokens = torch.tensor([[pad_id] * (width - len(r)) + list(r) for r in unique], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in unique], device=device)
+    mask = torch.cat([mask.new_ones(len(unique), shared), mask], dim=1)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -width:]
+    logits = model(input_ids=tokens, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                   logits_to_keep=1).logits[:, -1].float()
+    if len(unique) < len(prompts):
+        rows = torch.tensor([slot[r] for r in remainders], device=device)
+        cache.batch_select_indices(rows)
+        mask, logits = mask[rows], logits[rows]
+    return mask, logits
+
+
+def decode_batch(model, prompts: list[list[int]], *, pad_id: int, max_new_tokens: int, stop_ids: list[int],
+                 temperature: float, generators=None, share_prefixes: bool = True) -> list[list[int]]:
+    """Generate for a batch of prompts (token ids); returns each row's new tokens, up to and
+    including its stop token.
+
+    The prompts are prefilled with prefix sharing (`prefill`). Unlike transformers' `generate`, a
+    row leaves the batch (and its slice of the KV cache is dropped) as soon as it emits a stop
+    token. Debate answers are short (17 tokens on average of the 64 allowed by default), and
+    `generate` kept decoding every finished row until the longest one ended; dropping them made a
+    debate round 1.5-1.6x faster on 2 CPU cores (benchmarks/debate_throughput.py).
     temperature 0 is greedy; otherwise plain sampling from softmax(logits / temperature), each row
     drawing from its own `generators[row]`, so a row's sample does not depend on its batch-mates.
     """
     import torch
     from transformers import DynamicCache
 
+    device = model.device
     cache = DynamicCache(config=model.config)
-    stops = torch.tensor(stop_ids, device=input_ids.device)
-    rows = torch.arange(len(input_ids), device=input_ids.device)  # which original row each batch row is
-    new: list[list[int]] = [[] for _ in range(len(input_ids))]
-    mask = attention_mask
-    tokens = input_ids
+    stops = torch.tensor(stop_ids, device=device)
+    rows = torch.arange(len(prompts), device=device)  # which original row each batch row is
+    new: list[list[int]] = [[] for _ in range(len(prompts))]
     with torch.inference_mode():
+        mask, logits = prefill(model, prompts, pad_id, cache, share_prefixes)
         for step in range(max_new_tokens):
-            # Positions count real tokens only, so left padding does not shift them.
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -tokens.shape[1]:]
-            logits = model(input_ids=tokens, attention_mask=mask, position_ids=positions, cache=cache,
-                           use_cache=True, logits_to_keep=1).logits[:, -1].float()
             if temperature > 0:
                 probs = torch.softmax(logits / temperature, dim=-1)
                 next_tokens = torch.stack([torch.multinomial(p, 1, generator=generators[row]).squeeze(-1)
@@ -112,7 +157,10 @@ def decode_batch(model, input_ids, attention_mask, *, max_new_tokens: int, stop_
                 cache.batch_select_indices(keep)
                 mask, next_tokens, rows = mask[keep], next_tokens[keep], rows[keep]
             mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
-            tokens = next_tokens[:, None]
+            # Positions count real tokens only, so padding does not shift them.
+            positions = (mask.cumsum(-1) - 1)[:, -1:]
+            logits = model(input_ids=next_tokens[:, None], attention_mask=mask, position_ids=positions, cache=cache,
+                           use_cache=True, logits_to_keep=1).logits[:, -1].float()
     return new
 
 
@@ -122,11 +170,12 @@ class HFBackend:
     name = "hf"
 
     def __init__(self, model: str, *, dtype: str = "bfloat16", device: str = "auto", batch_size: int = 16,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, share_prefixes: bool = True):
         from agentark_utils.models import load_causal_lm
 
         self.model, self.tokenizer = load_causal_lm(model, dtype, device, trust_remote_code)
         self.batch_size = batch_size
+        self.share_prefixes = share_prefixes
         # Chat models may end a turn with more than one token (Qwen: <|im_end|> and <|endoftext|>).
         stop = self.model.generation_config.eos_token_id
         stop = set(stop if isinstance(stop, list) else [stop]) | {self.tokenizer.eos_token_id}
@@ -141,18 +190,18 @@ class HFBackend:
 
         prompts = [self._prompt_ids(c) for c in conversations]
         seeds = row_seeds(conversations, seed)
-        # Longest first: batches of similar length waste little compute on padding.
-        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        # Longest first: batches of similar length waste little padding; equal prompts side by side,
+        # so that they share a batch and are prefilled once.
+        order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), prompts[i]))
         results: list[Generation | None] = [None] * len(prompts)
         bar = tqdm(total=len(prompts), desc=desc, unit="gen", leave=False)
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            batch = self.tokenizer.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt")
-            batch = {k: v.to(self.model.device) for k, v in batch.items()}
             generators = [torch.Generator(self.model.device).manual_seed(seeds[i]) for i in idx]
             began = time.perf_counter()
-            new = decode_batch(self.model, batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens,
-                               stop_ids=self.stop_ids, temperature=temperature, generators=generators)
+            new = decode_batch(self.model, [prompts[i] for i in idx], pad_id=self.tokenizer.pad_token_id,
+                               max_new_tokens=max_new_tokens, stop_ids=self.stop_ids, temperature=temperature,
+                               generators=generators, share_prefixes=self.share_prefixes)
             latency = (time.perf_counter() - began) / len(idx)
             for row, i in zip(new, idx):
                 text = self.tokenizer.decode(row, skip_special_tokens=True)

@@ -7,7 +7,8 @@ import urllib.request
 
 import pytest
 
-from agentark_utils.backends import Generation, HFBackend, OpenAIBackend, decode_batch, make_backend, row_seeds
+from agentark_utils.backends import (Generation, HFBackend, OpenAIBackend, _common_prefix, decode_batch, make_backend,
+                                     row_seeds)
 from agentark_utils.config import ModelParams
 from agentark_utils.models import ModelNotFoundError
 
@@ -30,17 +31,13 @@ def test_hf_batched_greedy_equals_one_at_a_time(hf):
     assert [g.prompt_tokens for g in batched] == [g.prompt_tokens for g in single]
 
 
-def _padded(hf, conversations):
-    return hf.tokenizer.pad({"input_ids": [hf._prompt_ids(c) for c in conversations]}, return_tensors="pt")
-
-
 def test_decode_batch_greedy_matches_transformers_generate(hf):
     import torch
 
-    batch = _padded(hf, CONVERSATIONS)
-    ours = decode_batch(hf.model, batch["input_ids"], batch["attention_mask"], max_new_tokens=12,
-                        stop_ids=hf.stop_ids, temperature=0.0)
-    for conversation, new in zip(CONVERSATIONS, ours):
+    conversations = CONVERSATIONS + [CONVERSATIONS[0]] * 2  # repeated prompts are prefilled once
+    ours = decode_batch(hf.model, [hf._prompt_ids(c) for c in conversations], pad_id=hf.tokenizer.pad_token_id,
+                        max_new_tokens=12, stop_ids=hf.stop_ids, temperature=0.0)
+    for conversation, new in zip(conversations, ours):
         ids = torch.tensor([hf._prompt_ids(conversation)])
         reference = hf.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
                                       pad_token_id=hf.tokenizer.pad_token_id)[0, ids.shape[1]:].tolist()
@@ -50,6 +47,8 @@ def test_decode_batch_greedy_matches_transformers_generate(hf):
 
 class CountingLM:
     """A stand-in causal LM whose next token is always its last input token + 1, recording batch widths."""
+
+    device = "cpu"
 
     def __init__(self):
         from transformers import LlamaConfig
@@ -69,11 +68,45 @@ def test_decode_batch_drops_a_row_once_it_stops():
     import torch
 
     model = CountingLM()
-    ids = torch.tensor([[0, 10], [5, 20], [0, 30]])  # the first and last rows are left-padded
-    new = decode_batch(model, ids, torch.tensor([[0, 1], [1, 1], [0, 1]]), max_new_tokens=5, stop_ids=[12, 31],
-                       temperature=0.0)
+    new = decode_batch(model, [[10], [5, 20], [30]], pad_id=0, max_new_tokens=5, stop_ids=[12, 31], temperature=0.0)
     assert new == [[11, 12], [21, 22, 23, 24, 25], [31]]
     assert model.widths == [3, 2, 1, 1, 1]  # the third row left after step 1, the first after step 2
+
+
+class TokenCounter:
+    """Wraps a model and counts the input tokens (padding included) it is given."""
+
+    def __init__(self, model):
+        self.model, self.tokens = model, 0
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, *, input_ids, **kwargs):
+        self.tokens += input_ids.numel()
+        return self.model(input_ids=input_ids, **kwargs)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_prefix_sharing_changes_no_output_and_computes_each_prompt_once(hf, temperature):
+    import torch
+
+    conversations = [CONVERSATIONS[1]] * 4 + [CONVERSATIONS[0]] * 3  # self-consistency-like calls
+    prompts = [hf._prompt_ids(c) for c in conversations]
+    outputs, counted = {}, {}
+    for share in (False, True):
+        model = TokenCounter(hf.model)
+        generators = [torch.Generator().manual_seed(s) for s in row_seeds(conversations, 5)]
+        outputs[share] = decode_batch(model, prompts, pad_id=hf.tokenizer.pad_token_id, max_new_tokens=1,
+                                      stop_ids=hf.stop_ids, temperature=temperature, generators=generators,
+                                      share_prefixes=share)
+        counted[share] = model.tokens
+    assert outputs[True] == outputs[False]
+    longest = max(map(len, prompts))
+    shared = _common_prefix(prompts)
+    assert shared >= len(hf._prompt_ids([{"role": "user", "content": ""}])) - 6  # the system turn at least
+    assert counted[False] == len(prompts) * longest  # every row, padded to the longest
+    assert counted[True] == shared + 2 * (longest - shared)  # the shared prefix once, each distinct prompt once
 
 
 def test_hf_records_tokens_and_latency(hf):
