@@ -148,3 +148,28 @@ def paired_comparison(model: Sequence[bool], base: Sequence[bool], n_boot: int =
     return {"difference": float((model - base).mean()) if model.size else float("nan"),
             "ci95": bootstrap_ci(model - base, n_boot, seed), "gained": gained, "lost": lost,
             "mcnemar_p": mcnemar_p(gained, lost)}
+
+
+def accuracy_by_stratum(questions: Sequence, correct: Sequence[bool], level: float = 0.95) -> pd.DataFrame:
+    """Accuracy per difficulty stratum (`Question.metadata["stratum"]`, "all" where a question has
+    none): one row per stratum with n, accuracy and its Wilson score interval.
+
+    The Wilson interval is computed in closed form; it equals scipy's
+    `binomtest(k, n).proportion_ci(level, method="wilson")`, without needing scipy, and unlike the
+    bootstrap it stays inside [0, 1] and is not [1, 1] for a small stratum that is all correct.
+    """
+    from statistics import NormalDist
+
+    if len(questions) != len(correct):
+        raise ValueError(f"{len(questions)} questions but {len(correct)} correctness flags")
+    z = NormalDist().inv_cdf((1 + level) / 2)
+    table = pd.DataFrame({"stratum": [q.metadata.get("stratum", "all") for q in questions],
+                          "correct": [bool(c) for c in correct]})
+    rows = []
+    for stratum, group in table.groupby("stratum", sort=True):
+        n, k = len(group), int(group["correct"].sum())
+        centre = (k + z**2 / 2) / (n + z**2)
+        half = z * math.sqrt(k * (n - k) / n + z**2 / 4) / (n + z**2)
+        rows.append({"stratum": stratum, "n": n, "accuracy": k / n,
+                     "ci_low": max(0.0, centre - half), "ci_high": min(1.0, centre + half)})
+    return pd.DataFrame(rows, columns=["stratum", "n", "accuracy", "ci_low", "ci_high"])

@@ -3,6 +3,19 @@
 Offline tasks come from `reasoning-gym` (seeded generators with verifiers, no downloads). The
 paper's sets (GSM8K, MATH-500, MetaMathQA, MedMCQA) load with HF `datasets` when a hub is
 reachable, or from a local JSONL/Parquet file in the dataset's own column format (`data.path`).
+
+A reasoning-gym task's splits come from one seeded pool of `pool_size` distinct questions
+(distinct by `expression_key`, so one sum under two generators' templates counts once), drawn
+from each component in proportion to its weight. Every question carries its difficulty stratum
+(component, terms, digits, sign of the answer). Test and train are dealt from the pool stratum
+by stratum in a fixed order that keeps each stratum at the floor or ceiling of its pool share,
+so the test list depends only on (task, n_test, seed) and grows by appending, train has the same
+stratum mix, and a request the pool cannot serve at that mix fails before any compute.
+
+Why a fixed pool size: the small strata hold few distinct expressions (arith_mix's 2-term
+one-digit +/- sums are 242 expressions, shared by all three components), so a distinct pool
+holds fewer of them than the generators' raw mix does, and the larger the pool the fewer.
+Fixing the pool fixes the mix, the same for every n_train and n_test.
 """
 
 from __future__ import annotations
@@ -11,9 +24,11 @@ import dataclasses
 import json
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Iterator, Literal
 
 AnswerFormat = Literal["number", "math", "choice"]
 
@@ -63,6 +78,9 @@ class TaskSpec:
     train_split: str | None = None
     test_split: str | None = None
     parse_row: Callable[[dict, int], dict] | None = None
+    # reasoning-gym tasks: distinct questions in the seeded pool both splits are dealt from (train
+    # and test together at most, a little less where strata round up). It fixes the stratum mix.
+    pool_size: int = 1200
 
 
 # --- the paper's datasets, each row parser reading the dataset's real columns -------------------
@@ -214,53 +232,187 @@ def read_rows(path: str | Path) -> list[dict]:
     return rows
 
 
-def _reasoning_gym_pool(spec: TaskSpec, size: int, seed: int) -> list[Question]:
-    import reasoning_gym
+# --- de-duplication key ---------------------------------------------------------------------
 
-    total_weight = sum(c.weight for c in spec.components)
-    per_component = []
-    for offset, comp in enumerate(spec.components):
-        # Some extra items, since duplicate questions are dropped below.
-        n = int(size * comp.weight / total_weight) + 8
-        ds = reasoning_gym.create_dataset(comp.dataset, seed=seed * 1000 + offset, size=n, **comp.config)
-        per_component.append([
-            Question(f"{comp.dataset}-{offset}-{seed}-{i}", spec.name, e["question"], str(e["answer"]),
-                     spec.answer_format, metadata={"source_dataset": comp.dataset, **_jsonable(e["metadata"])})
-            for i, e in enumerate(ds)
-        ])
-    mixed = [q for group in zip(*per_component) for q in group]  # interleave the components
-    return _dedupe(mixed)[:size]
+def expression_key(question: Question) -> str:
+    """What makes two questions the same question, templates and whitespace aside.
 
-
-def _jsonable(value):
-    return json.loads(json.dumps(value, default=list))
+    reasoning-gym keeps the bare problem in its metadata: `expression` (basic_arithmetic,
+    chain_sum: "Calculate 6 + 9." and "... arithmetic problem: 6 + 9 =" are both "6+9") or
+    `equation` with its `variable` (simple_equations: "Solve for q: q + 5 = 12" and "Find the
+    value of x in the equation: x + 5 = 12" are both "x+5=12"). Other questions (the hub
+    datasets) are keyed by their normalized text.
+    """
+    meta = question.metadata
+    if meta.get("expression"):
+        return "".join(str(meta["expression"]).split())
+    if meta.get("equation") and meta.get("variable"):
+        renamed = re.sub(rf"\b{re.escape(meta['variable'])}\b", "x", str(meta["equation"]))
+        return "".join(renamed.split())
+    return _normalize_text(question.question)
 
 
 def _dedupe(questions: list[Question]) -> list[Question]:
     seen, out = set(), []
     for q in questions:
-        key = _normalize_text(q.question)
+        key = expression_key(q)
         if key not in seen:
             seen.add(key)
             out.append(q)
     return out
 
 
+# --- reasoning-gym pools and stratified splits ------------------------------------------------
+
+def _stratum(dataset: str, offset: int, meta: dict, answer: str) -> str:
+    """What decides difficulty: the component, number of terms and digits, sign of the answer."""
+    parts = [f"{dataset}#{offset}"]
+    if "num_terms" in meta:
+        parts.append(f"{meta['num_terms']} terms")
+    if "num_digits" in meta:
+        parts.append(f"{meta['num_digits']} digit{'s' if meta['num_digits'] != 1 else ''}")
+    parts.append("answer<0" if answer.strip().startswith("-") else "answer>=0")
+    return " ".join(parts)
+
+
+def _quota_order(shares: dict[str, Fraction | int]) -> Iterator[str]:
+    """The keys of `shares`, one per seat, in the order they get their next seat.
+
+    The Balinski-Young quota method: the first n seats give every key the floor or the ceiling of
+    its share of n (as largest remainder would), and, unlike largest remainder, the first n seats
+    are always part of the first n+1, so a longer split extends a shorter one.
+    """
+    total = sum(shares.values())
+    seats = dict.fromkeys(shares, 0)
+    house = 0
+    while True:
+        house += 1
+        # A key may take a seat while it stays within the ceiling of its share of `house`.
+        eligible = [k for k in shares if seats[k] * total < shares[k] * house]
+        key = max(eligible, key=lambda k: Fraction(shares[k]) / (seats[k] + 1))
+        seats[key] += 1
+        yield key
+
+
+def _apportion(shares: dict[str, Fraction | int], n: int) -> Counter:
+    order = _quota_order(shares)
+    return Counter(next(order) for _ in range(n))
+
+
+def _stream_seed(seed: int, offset: int) -> int:
+    # reasoning-gym seeds item i with `seed + i`: streams 2**24 apart never overlap.
+    return (seed * 64 + offset) * 2**24
+
+
+def _component_questions(spec: TaskSpec, offset: int, seed: int, wanted: int, taken: set[str]) -> list[Question]:
+    """Up to `wanted` questions of one component whose keys are not in `taken` (which grows).
+
+    Draws in rounds until it has enough or a round adds nothing new: then the component has
+    no more distinct questions at its difficulty settings.
+    """
+    import reasoning_gym
+
+    comp = spec.components[offset]
+    stream = reasoning_gym.create_dataset(comp.dataset, seed=_stream_seed(seed, offset), size=2**24, **comp.config)
+    round_size = max(wanted, 1024)
+    out: list[Question] = []
+    start = 0
+    while len(out) < wanted:
+        found_before = len(out)
+        for index in range(start, start + round_size):
+            item = stream[index]
+            answer, meta = str(item["answer"]), _jsonable(item["metadata"])
+            q = Question(f"{comp.dataset}-{offset}-{seed}-{index}", spec.name, item["question"], answer,
+                         spec.answer_format, metadata={"source_dataset": comp.dataset, **meta,
+                                                       "stratum": _stratum(comp.dataset, offset, meta, answer)})
+            key = expression_key(q)
+            if key not in taken:
+                taken.add(key)
+                out.append(q)
+                if len(out) == wanted:
+                    break
+        if len(out) == found_before:
+            break
+        start += round_size
+    return out
+
+
+def reasoning_gym_pool(spec: TaskSpec, seed: int) -> list[Question]:
+    """The task's pool: `spec.pool_size` distinct questions, components in proportion to their weights.
+
+    Components draw in order, each skipping expressions an earlier one drew. Where a component
+    has fewer distinct questions than its share, the pool shrinks until the weights hold.
+    """
+    weights = {offset: Fraction(c.weight) for offset, c in enumerate(spec.components)}
+    wanted = _apportion(weights, spec.pool_size)
+    taken: set[str] = set()
+    drawn = [_component_questions(spec, offset, seed, wanted[offset], taken) for offset in weights]
+    total = sum(weights.values())
+    size = min(spec.pool_size, *(int(len(drawn[o]) * total / w) for o, w in weights.items()))
+    while any(count > len(drawn[offset]) for offset, count in _apportion(weights, size).items()):
+        size -= 1  # the apportionment may round a component's share up past what it drew
+    counts = _apportion(weights, size)
+    return [q for offset, questions in enumerate(drawn) for q in questions[:counts[offset]]]
+
+
+def _deal(strata: dict[str, list[Question]], shares: dict[str, int], n: int) -> list[Question]:
+    """Up to n questions of `strata`, seat by seat in quota order of `shares`.
+
+    It stops short where the next seat's stratum is used up: the length is then the most this
+    mix can deal.
+    """
+    dealt: list[Question] = []
+    used = dict.fromkeys(strata, 0)
+    order = _quota_order(shares)
+    while len(dealt) < n:
+        stratum = next(order)
+        if used[stratum] == len(strata[stratum]):
+            break
+        dealt.append(strata[stratum][used[stratum]])
+        used[stratum] += 1
+    return dealt
+
+
+def _split_reasoning_gym(spec: TaskSpec, n_train: int, n_test: int, seed: int) -> tuple[list[Question], list[Question]]:
+    pool = reasoning_gym_pool(spec, seed)
+    strata: dict[str, list[Question]] = {}
+    for q in pool:
+        strata.setdefault(q.metadata["stratum"], []).append(q)
+    # Both splits take the pool's stratum shares, so they have the same mix.
+    shares = {stratum: len(questions) for stratum, questions in strata.items()}
+    pool_words = f"its pool holds {len(pool)} distinct questions"
+    if len(pool) < spec.pool_size:
+        pool_words += f" (all its components have at their weights; pool_size {spec.pool_size})"
+    test = _deal(strata, shares, n_test)
+    if len(test) < n_test:
+        raise DatasetError(f"task {spec.name}: capacity {len(test)} test questions, asked for n_test={n_test}: "
+                           f"{pool_words}")
+    test_ids = {q.id for q in test}
+    rest = {stratum: [q for q in questions if q.id not in test_ids] for stratum, questions in strata.items()}
+    train = _deal(rest, shares, n_train)
+    if len(train) < n_train:
+        raise DatasetError(f"task {spec.name}: capacity {len(train)} training questions with n_test={n_test}, "
+                           f"asked for n_train={n_train}: {pool_words}, and both splits keep its stratum mix")
+    return train, test
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=list))
+
+
 def load_task(task: str, n_train: int, n_test: int, seed: int = 0, path: str | None = None
               ) -> tuple[list[Question], list[Question]]:
     """Return disjoint (train, test) question lists for a task.
 
-    Reasoning-gym tasks generate one seeded pool and split it; hub datasets use their official
-    splits, and sets with a single split (MATH-500, MetaMathQA, or a local file) are partitioned.
+    Reasoning-gym tasks are dealt from one seeded pool (module docstring): the test list does not
+    depend on n_train, and a larger n_test or n_train extends the list. Hub datasets use their
+    official splits, and sets with a single split (MATH-500, MetaMathQA, or a local file) are
+    partitioned.
     """
     spec = TASKS[task]
     rng = random.Random(seed)
     if spec.components:
-        pool = _reasoning_gym_pool(spec, n_train + n_test, seed)
-        if len(pool) < n_train + n_test:
-            raise DatasetError(f"task {task}: only {len(pool)} distinct questions for {n_train}+{n_test}")
-        rng.shuffle(pool)
-        train, test = pool[:n_train], pool[n_train:]
+        train, test = _split_reasoning_gym(spec, n_train, n_test, seed)
     elif path is not None or spec.train_split == spec.test_split:
         rows = read_rows(path) if path is not None else _hub_rows(spec, spec.test_split)
         pool = _dedupe(make_questions(spec, rows, path or spec.hf_path))
@@ -274,8 +426,8 @@ def load_task(task: str, n_train: int, n_test: int, seed: int = 0, path: str | N
                                spec.train_split)
         rng.shuffle(train)
         rng.shuffle(test)
-        test_keys = {_normalize_text(q.question) for q in test}
-        train = [q for q in _dedupe(train) if _normalize_text(q.question) not in test_keys]
+        test_keys = {expression_key(q) for q in test}
+        train = [q for q in _dedupe(train) if expression_key(q) not in test_keys]
         train, test = train[:n_train], test[:n_test]
     check_disjoint(train, test)
     return train, test
@@ -288,9 +440,9 @@ def _hub_rows(spec: TaskSpec, split: str) -> list[dict]:
 
 
 def check_disjoint(train: list[Question], test: list[Question]) -> None:
-    """Raise if a test question also appears in train (by id or by text)."""
+    """Raise if a test question also appears in train (by id or by `expression_key`)."""
     train_ids = {q.id for q in train}
-    train_text = {_normalize_text(q.question) for q in train}
+    train_keys = {expression_key(q) for q in train}
     for q in test:
-        if q.id in train_ids or _normalize_text(q.question) in train_text:
+        if q.id in train_ids or expression_key(q) in train_keys:
             raise DatasetError(f"test question {q.id!r} also appears in the training split")

@@ -1,8 +1,14 @@
+import dataclasses
 import json
+import math
+import re
+from collections import Counter
 
 import pytest
 
-from agentark_utils.tasks import TASKS, DatasetError, Question, check_disjoint, load_task, make_questions, read_rows
+from agentark_utils.metrics import accuracy_by_stratum
+from agentark_utils.tasks import (TASKS, DatasetError, Question, check_disjoint, expression_key, load_task,
+                                  make_questions, read_rows, reasoning_gym_pool)
 from conftest import FIXTURES
 
 
@@ -68,3 +74,103 @@ def test_overlapping_splits_are_rejected():
     q = Question("a", "t", "Same text", "1", "number")
     with pytest.raises(DatasetError, match="also appears"):
         check_disjoint([q], [Question("b", "t", "same  TEXT", "1", "number")])
+
+
+# --- reasoning-gym splits: stable test set, strata, de-duplication by expression, capacity ------
+
+@pytest.mark.parametrize("task, n_test, seed", [("arith_mix", 32, 0), ("arith_mix", 32, 1), ("add_sub", 20, 3)])
+def test_test_set_does_not_depend_on_n_train_and_grows_as_a_prefix(task, n_test, seed):
+    splits = {n_train: load_task(task, n_train, n_test, seed=seed) for n_train in (0, 48, 96, 192)}
+    assert all(test == splits[0][1] for _, test in splits.values())
+    assert load_task(task, 0, n_test + 8, seed=seed)[1][:n_test] == splits[0][1]
+    # A larger training set extends the smaller one, so scaling points are nested.
+    assert splits[96][0][:48] == splits[48][0] and splits[192][0][:96] == splits[96][0]
+    for n_train, (train, test) in splits.items():
+        assert len(train) == n_train
+        assert not {expression_key(q) for q in train} & {expression_key(q) for q in test}
+
+
+def _within_rounding(questions, shares):
+    """Every stratum has the floor or the ceiling of its share of len(questions)."""
+    counts, total, n = Counter(q.metadata["stratum"] for q in questions), sum(shares.values()), len(questions)
+    return all(math.floor(share * n / total) <= counts[s] <= math.ceil(share * n / total) for s, share in shares.items())
+
+
+@pytest.mark.parametrize("task, n_train, n_test, seed", [
+    ("arith_mix", 48, 32, 0), ("arith_mix", 384, 32, 0), ("arith_mix", 96, 200, 2), ("chain_sum", 100, 50, 1)])
+def test_train_and_test_have_the_same_stratum_mix(task, n_train, n_test, seed):
+    train, test = load_task(task, n_train, n_test, seed=seed)
+    shares = Counter(q.metadata["stratum"] for q in reasoning_gym_pool(TASKS[task], seed))
+    assert _within_rounding(train, shares) and _within_rounding(test, shares)
+
+
+@pytest.mark.parametrize("text_a, meta_a, text_b, meta_b, same", [
+    ("Calculate 6 + 9.", {"expression": "6 + 9"},
+     "State the final answer to the following arithmetic problem: 6+9 =", {"expression": "6+9"}, True),
+    ("Calculate 6 + 9.", {"expression": "6 + 9"}, "Calculate 9 + 6.", {"expression": "9 + 6"}, False),
+    ("Solve for q: q + 5 = 12", {"equation": "q + 5 = 12", "variable": "q"},
+     "Find the value of x in the equation: x + 5 = 12", {"equation": "x + 5 = 12", "variable": "x"}, True),
+    ("Solve for q: 5 - q = 1", {"equation": "5 - q = 1", "variable": "q"},
+     "Solve for q: q - 5 = 1", {"equation": "q - 5 = 1", "variable": "q"}, False),
+    ("Same text", {}, "same  TEXT", {}, True),  # hub questions: their normalized text
+])
+def test_expression_key_ignores_templates_whitespace_and_variable_names(text_a, meta_a, text_b, meta_b, same):
+    a = Question("a", "t", text_a, "1", "number", metadata=meta_a)
+    b = Question("b", "t", text_b, "1", "number", metadata=meta_b)
+    assert (expression_key(a) == expression_key(b)) is same
+
+
+def test_one_sum_under_two_generators_templates_is_not_disjoint():
+    chain = Question("chain_sum-1-0-7", "arith_mix", "State the final answer to the following arithmetic problem: 6 + 9 =",
+                     "15", "number", metadata={"source_dataset": "chain_sum", "expression": "6 + 9"})
+    basic = Question("basic_arithmetic-0-0-3", "arith_mix", "Calculate 6 + 9.", "15", "number",
+                     metadata={"source_dataset": "basic_arithmetic", "expression": "6 + 9"})
+    with pytest.raises(DatasetError, match="also appears"):
+        check_disjoint([chain], [basic])
+
+
+def test_arith_mix_gives_1000_distinct_questions_by_expression():
+    train, test = load_task("arith_mix", 968, 32, seed=0)
+    assert len({expression_key(q) for q in train + test}) == 1000
+
+
+@pytest.mark.parametrize("weights", [(3, 1, 1), (1, 1, 2)])
+def test_component_weights_set_the_component_mix(monkeypatch, weights):
+    spec = TASKS["arith_mix"]
+    components = tuple(dataclasses.replace(c, weight=w) for c, w in zip(spec.components, weights))
+    monkeypatch.setitem(TASKS, "arith_mix", dataclasses.replace(spec, components=components))
+    train, test = load_task("arith_mix", 200, 100, seed=0)
+    for split in (train, test):
+        counts = Counter(int(q.id.split("-")[1]) for q in split)  # ids are <dataset>-<component>-<seed>-<index>
+        for offset, weight in enumerate(weights):
+            assert abs(counts[offset] - len(split) * weight / sum(weights)) <= 2
+
+
+@pytest.mark.parametrize("task, n_train, n_test, at_least", [
+    ("arith_mix", 5000, 32, 1000 - 32),
+    ("equations", 0, 1000, 200),  # the out-of-domain test family
+])
+def test_a_request_above_capacity_fails_naming_the_capacity(task, n_train, n_test, at_least):
+    with pytest.raises(DatasetError, match=r"capacity \d+") as error:
+        load_task(task, n_train, n_test, seed=1)
+    capacity = int(re.search(r"capacity (\d+)", str(error.value)).group(1))
+    assert capacity >= at_least
+    sizes = (capacity, n_test) if n_train else (0, capacity)
+    train, test = load_task(task, *sizes, seed=1)  # the named capacity is served ...
+    assert len({expression_key(q) for q in train + test}) == sum(sizes)
+    with pytest.raises(DatasetError, match="capacity"):  # ... and one more question is not
+        load_task(task, sizes[0] + bool(n_train), sizes[1] + (not n_train), seed=1)
+
+
+def test_accuracy_by_stratum_counts_each_stratum_with_a_wilson_interval():
+    strata = ["easy"] * 4 + ["hard"] * 5 + [None]
+    questions = [Question(str(i), "t", "q", "1", "number", metadata={"stratum": s} if s else {})
+                 for i, s in enumerate(strata)]
+    correct = [True, True, True, False] + [False] * 5 + [True]
+    table = accuracy_by_stratum(questions, correct).set_index("stratum")
+    assert table["n"].to_dict() == {"all": 1, "easy": 4, "hard": 5}
+    assert table["accuracy"].to_dict() == {"all": 1.0, "easy": 0.75, "hard": 0.0}
+    # Wilson 95 % intervals, as published for 3/4 and 0/5 (and scipy's binomtest gives)
+    assert table.loc["easy", ["ci_low", "ci_high"]].tolist() == pytest.approx([0.3006, 0.9544], abs=1e-4)
+    assert table.loc["hard", ["ci_low", "ci_high"]].tolist() == pytest.approx([0.0, 0.4345], abs=1e-4)
+    assert table.loc["all", ["ci_low", "ci_high"]].tolist() == pytest.approx([0.2065, 1.0], abs=1e-4)
