@@ -1,6 +1,8 @@
 import pytest
 
-from agentark_utils import answers
+from agentark_utils import answers, metrics
+from agentark_utils.backends import Generation
+from agentark_utils.debate import graded_call, vote
 from agentark_utils.tasks import Question, load_task
 
 NUMBER = Question("q", "t", "?", "0", "number")
@@ -243,3 +245,56 @@ def test_answer_key_agrees_with_the_canonical_number(a, b, same):
 )
 def test_majority(given, expected):
     assert answers.majority(given) == expected
+
+
+# --- the grade in records: debate.graded_call, debate.vote, metrics.summarize_calls --------------
+
+def _call(q: Question, text: str) -> dict:
+    return graded_call(q, Generation(text, 10, 5, 0.5))
+
+
+def test_graded_call_stores_the_extractor_and_the_strict_grade():
+    call = _call(_rg("basic_arithmetic", "18"), "so 18")
+    assert {k: call[k] for k in ("answer", "status", "extractor", "strict_status")} == {
+        "answer": "18", "status": "correct", "extractor": "last_number", "strict_status": "unparsed"}
+
+
+@pytest.mark.parametrize(
+    "texts, expected",
+    [
+        # basic_arithmetic's scorer matches strings exactly: the vote must hand it '18', not '18.0'.
+        (["Final Answer: 18.0", "Final Answer: 18.0", "Final Answer: 7"],
+         {"answer": "18", "status": "correct", "strict_status": "correct"}),
+        # The strict vote counts only strictly stated answers: here the lone 7.
+        (["so 18", "so 18", "Final Answer: 7"], {"answer": "18", "status": "correct", "strict_status": "wrong"}),
+        (["so 18", "no idea"], {"answer": "18", "status": "correct", "strict_status": "unparsed"}),
+    ],
+)
+def test_vote_grades_the_canonical_answer_flexibly_and_strictly(texts, expected):
+    q = _rg("basic_arithmetic", "18")
+    assert vote(q, [_call(q, t) for t in texts]) == expected
+
+
+def test_summarize_calls_reports_strict_accuracy_and_which_extractor_fired():
+    q = _rg("chain_sum", "18")
+    calls = [_call(q, t) for t in ("Final Answer: 18", "\\boxed{18}", "so 18", "The answer is 7", "no idea")]
+    summary = metrics.summarize_calls(calls, [[c] for c in calls], n_boot=10)
+    assert summary["accuracy"] == pytest.approx(3 / 5)
+    assert summary["strict_accuracy"] == pytest.approx(2 / 5)
+    assert {k: v for k, v in summary.items() if k.startswith("extractor_")} == {
+        "extractor_boxed": 1, "extractor_final_answer": 1, "extractor_answer_is": 1, "extractor_last_number": 1,
+        "extractor_last_line": 0, "extractor_none": 1}
+
+
+def test_evaluate_grid_results_carry_strict_accuracy(monkeypatch):
+    from agentark_utils import evaluation
+
+    texts = ["Final Answer: 18.0", "so 18"]  # one strictly stated, one read from the last number
+    monkeypatch.setattr(evaluation, "greedy_answers",
+                        lambda models, prompts, *args, **kwargs: {"m": [Generation(t, 10, 5, 0.5) for t in texts]})
+    sets = {"in": [_rg("basic_arithmetic", "18"), _rg("chain_sum", "18")]}
+    predictions, (result,) = evaluation.evaluate_grid({"m": "unused"}, sets, None, max_new_tokens=4, n_boot=10,
+                                                     baseline=None)
+    assert [p["extractor"] for p in predictions] == ["final_answer", "last_number"]
+    assert (result["accuracy"], result["strict_accuracy"]) == (1.0, 0.5)
+    assert (result["extractor_final_answer"], result["extractor_last_number"]) == (1, 1)
