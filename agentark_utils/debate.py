@@ -80,17 +80,27 @@ def _user(text: str) -> dict:
 
 
 def graded_call(q: Question, gen: Generation) -> dict:
-    """A generation with its extracted answer and grade: the unit every record stores."""
+    """A generation with its extracted answer and grade: the unit every record stores.
+
+    "status" is the flexible grade, "strict_status" counts only an answer on a final-answer line,
+    and "extractor" names the filter that read the answer (None when unparsed).
+    """
     grade = answers.grade(q, gen.text)
-    return {**gen.to_dict(), "answer": grade.answer, "status": grade.status}
+    return {**gen.to_dict(), "answer": grade.answer, "status": grade.status, "extractor": grade.extractor,
+            "strict_status": grade.strict_status}
 
 
 def vote(q: Question, calls: list[dict]) -> dict:
-    """Majority vote over calls, graded against the gold answer."""
+    """Majority vote over calls (of canonical answers), graded against the gold answer.
+
+    The strict vote counts only the strictly stated answers. Calls graded before strict grading
+    existed have no strict status, so neither has their vote (None).
+    """
     answer = answers.majority([c["answer"] for c in calls])
-    if answer is None:
-        return {"answer": None, "status": "unparsed"}
-    return {"answer": answer, "status": "correct" if answers.is_correct(q, answer) else "wrong"}
+    strict = None
+    if all("strict_status" in c for c in calls):
+        strict = answers.judge(q, answers.majority([c["answer"] for c in calls if c["strict_status"] != "unparsed"]))
+    return {"answer": answer, "status": answers.judge(q, answer), "strict_status": strict}
 
 
 def _consensus(calls: list[dict]) -> bool:
@@ -161,7 +171,7 @@ def debate_chunk(questions: list[Question], backend: Backend, cfg: DebateParams,
                 "consensus_round": consensus_round[qi],
                 "summarizer": summary,
                 "majority": majority_vote,
-                "final": {"answer": summary["answer"], "status": summary["status"]} if summary else majority_vote,
+                "final": {k: summary[k] for k in ("answer", "status", "strict_status")} if summary else majority_vote,
             },
         })
     return records

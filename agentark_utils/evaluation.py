@@ -29,7 +29,7 @@ def evaluate_grid(models: dict[str, str], test_sets: dict[str, list[Question]], 
     """Every model on every test set, and each model against `baseline` (if any) on the same questions.
 
     Returns (predictions, results): one row per answer, and one row per (model, test set) with the
-    accuracy, its CI, the cost and the paired comparison with the baseline.
+    accuracy, its CI, the strict accuracy, the cost and the paired comparison with the baseline.
     """
     if baseline is not None and baseline not in models:
         raise ValueError(f"the baseline {baseline!r} is not among the models {sorted(models)}")
@@ -42,7 +42,7 @@ def evaluate_grid(models: dict[str, str], test_sets: dict[str, list[Question]], 
         for test_name in test_sets:
             rows = [{"id": q.id, **graded_call(q, gen)} for (t, q), gen in zip(asked, gens) if t == test_name]
             predictions += [{"model": name, "test_set": test_name, **row} for row in rows]
-            summary = metrics.summarize_calls([r["status"] for r in rows], [[r] for r in rows], n_boot, seed)
+            summary = metrics.summarize_calls(rows, [[r] for r in rows], n_boot, seed)
             results.append({"model": name, "test_set": test_name, "n": len(rows), **summary})
     if baseline is None:
         return predictions, results

@@ -1,12 +1,15 @@
-"""Metrics: accuracy with bootstrap 95 % CIs, unparsed rate, and cost per question."""
+"""Metrics: accuracy with bootstrap 95 % CIs, strict accuracy, unparsed rate, and cost per question."""
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
+
+from agentark_utils.answers import EXTRACTORS
 
 SYSTEMS = ("single", "self_consistency", "debate")
 
@@ -41,27 +44,39 @@ def system_outcome(record: dict, system: str) -> dict:
     return record["debate"]["final"]
 
 
-def summarize_calls(statuses: list[str], calls: list[list[dict]], n_boot: int = 1000, seed: int = 0) -> dict:
-    """Accuracy, CI, unparsed rate and cost per question, from each question's outcome status and
-    the generation calls spent on it."""
-    correct = [s == "correct" for s in statuses]
-    n = max(len(statuses), 1)
+def summarize_calls(outcomes: list[dict], calls: list[list[dict]], n_boot: int = 1000, seed: int = 0) -> dict:
+    """Accuracy (flexible, with its CI, and strict), unparsed rate, cost per question, and how many
+    calls each extractor read, from each question's outcome ({"status", "strict_status"}) and the
+    generation calls spent on it.
+
+    Records graded before strict grading existed lack its fields: their strict accuracy is NaN and
+    their calls count under no extractor.
+    """
+    correct = [o["status"] == "correct" for o in outcomes]
+    strict = [o.get("strict_status") for o in outcomes]
+    n = max(len(outcomes), 1)
     prompt = sum(c["prompt_tokens"] for cs in calls for c in cs)
     generated = sum(c["completion_tokens"] for cs in calls for c in cs)
+    fired = Counter(c["extractor"] for cs in calls for c in cs if "extractor" in c)
     return {
-        "accuracy": float(np.mean(correct)) if statuses else float("nan"),
+        "accuracy": float(np.mean(correct)) if outcomes else float("nan"),
         "ci95": bootstrap_ci(correct, n_boot, seed),
-        "unparsed_rate": sum(s == "unparsed" for s in statuses) / n,
+        "strict_accuracy": float(np.mean([s == "correct" for s in strict])) if outcomes and None not in strict
+                           else float("nan"),
+        "unparsed_rate": sum(o["status"] == "unparsed" for o in outcomes) / n,
         "tokens_per_question": (prompt + generated) / n,
         "generated_tokens_per_question": generated / n,
         "calls_per_question": sum(len(cs) for cs in calls) / n,
         "latency_s_per_question": sum(c["latency_s"] for cs in calls for c in cs) / n,
+        # Flat keys, so tables and `dvc metrics show` get one column each; None: no extractor read an answer.
+        **{f"extractor_{name}": fired[name] for name in EXTRACTORS},
+        "extractor_none": fired[None],
     }
 
 
 def summarize(records: list[dict], system: str, n_boot: int = 1000, seed: int = 0) -> dict:
     """`summarize_calls` for one system of the debate stage."""
-    return summarize_calls([system_outcome(r, system)["status"] for r in records],
+    return summarize_calls([system_outcome(r, system) for r in records],
                            [system_calls(r, system) for r in records], n_boot, seed)
 
 

@@ -42,7 +42,7 @@ def test_agents_that_agree_in_round_one_stop_early():
     debate = record["debate"]
     assert debate["consensus_round"] == 1
     assert len(debate["rounds"]) == 1 and len(debate["rounds"][0]) == 3
-    assert debate["final"] == {"answer": "5", "status": "correct"}
+    assert debate["final"] == {"answer": "5", "status": "correct", "strict_status": "correct"}
     assert [c["desc"] for c in backend.calls] == ["single", "self-consistency", "debate round 1", "summarizer"]
     assert metrics.system_calls(record, "debate").__len__() == 4  # 3 agents + summarizer
 
@@ -99,7 +99,8 @@ def test_without_summarizer_the_final_answer_is_the_majority_vote():
     script = lambda c, i, t: "Final Answer: 5" if i % 3 else "Final Answer: 7"  # noqa: E731
     (record,) = debate_chunk([Q1], ScriptedBackend(script), cfg(summarizer=False, early_stop=False, rounds=1), seed=0)
     assert record["debate"]["summarizer"] is None
-    assert record["debate"]["final"] == record["debate"]["majority"] == {"answer": "5", "status": "correct"}
+    assert record["debate"]["final"] == record["debate"]["majority"] == {"answer": "5", "status": "correct",
+                                                                          "strict_status": "correct"}
 
 
 def test_all_questions_of_a_round_go_through_one_batched_call():
