@@ -1,8 +1,15 @@
-"""Metrics: accuracy with bootstrap 95 % CIs, unparsed rate, and cost per question."""
+"""Metrics: accuracy with Wilson 95 % CIs, paired differences with Newcombe's interval and McNemar's
+exact test, AUROC, unparsed rate, and cost per question.
+
+Accuracies are binomial proportions over a few dozen questions: a percentile bootstrap of them
+collapses at such counts (2/32 correct gave [0, 0.156], a zero lower limit the data cannot
+support), so they get score intervals. The bootstrap is kept for means that are not proportions.
+"""
 
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import Sequence
 
 import numpy as np
@@ -12,7 +19,10 @@ SYSTEMS = ("single", "self_consistency", "debate")
 
 
 def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> list[float]:
-    """Percentile bootstrap CI of the mean."""
+    """Percentile bootstrap CI of the mean, for scores that are not proportions (F1, ROUGE).
+
+    Accuracies take `wilson_ci`, paired accuracy differences `paired_difference_ci`.
+    """
     data = np.asarray(values, dtype=float)
     if data.size == 0:
         return [float("nan"), float("nan")]
@@ -20,6 +30,54 @@ def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0, lev
     means = data[rng.integers(0, data.size, size=(n_boot, data.size))].mean(axis=1)
     tail = (1 - level) / 2 * 100
     return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
+
+
+def _z(level: float) -> float:
+    """The two-sided standard normal quantile of a confidence level (1.95996... at 0.95)."""
+    return NormalDist().inv_cdf(0.5 + level / 2)
+
+
+def wilson_ci(successes: int, n: int, level: float = 0.95) -> list[float]:
+    """Wilson score interval of a binomial proportion successes / n; NaNs when n is 0.
+
+    Newcombe (1998), "Two-sided confidence intervals for the single proportion", method 3.
+    """
+    if n == 0:
+        return [float("nan"), float("nan")]
+    z2 = _z(level) ** 2
+    p = successes / n
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = math.sqrt(z2 * (p * (1 - p) / n + z2 / (4 * n * n))) / (1 + z2 / n)
+    # the limits are exactly 0 at successes == 0 and 1 at successes == n; rounding may overshoot
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def paired_difference_ci(both: int, only_a: int, only_b: int, neither: int, level: float = 0.95) -> list[float]:
+    """CI of p_a - p_b for two proportions measured on the same n items, from the 2x2 counts.
+
+    Newcombe (1998), "Improved confidence intervals for the difference between binomial
+    proportions based on paired data", method 10: the Wilson limits of p_a and p_b combined
+    square-and-add, with the correlation of the pairs (phi, continuity-corrected) subtracted.
+    NaNs when n is 0.
+    """
+    n = both + only_a + only_b + neither
+    if n == 0:
+        return [float("nan"), float("nan")]
+    a, b = both + only_a, both + only_b
+    p_a, p_b = a / n, b / n
+    lo_a, hi_a = wilson_ci(a, n, level)
+    lo_b, hi_b = wilson_ci(b, n, level)
+    margins = a * (n - a) * b * (n - b)
+    association = both * neither - only_a * only_b
+    # Newcombe's correction: a positive association is shrunk by n/2 (and floored at 0), a
+    # negative one is kept; phi is 0 when a margin is empty (the correlation is undefined).
+    corrected = max(association - n / 2, 0.0) if association > 0 else association
+    phi = corrected / math.sqrt(margins) if margins else 0.0
+    d = p_a - p_b
+    # max(0, .): the radicands are >= 0 for |phi| <= 1, but rounding can dip below at phi = 1
+    lower = d - math.sqrt(max(0.0, (p_a - lo_a) ** 2 - 2 * phi * (p_a - lo_a) * (hi_b - p_b) + (hi_b - p_b) ** 2))
+    upper = d + math.sqrt(max(0.0, (p_b - lo_b) ** 2 - 2 * phi * (p_b - lo_b) * (hi_a - p_a) + (hi_a - p_a) ** 2))
+    return [max(-1.0, lower), min(1.0, upper)]
 
 
 def system_calls(record: dict, system: str) -> list[dict]:
@@ -41,16 +99,16 @@ def system_outcome(record: dict, system: str) -> dict:
     return record["debate"]["final"]
 
 
-def summarize_calls(statuses: list[str], calls: list[list[dict]], n_boot: int = 1000, seed: int = 0) -> dict:
-    """Accuracy, CI, unparsed rate and cost per question, from each question's outcome status and
-    the generation calls spent on it."""
-    correct = [s == "correct" for s in statuses]
+def summarize_calls(statuses: list[str], calls: list[list[dict]]) -> dict:
+    """Accuracy with its Wilson 95 % CI, unparsed rate and cost per question, from each question's
+    outcome status and the generation calls spent on it."""
+    correct = sum(s == "correct" for s in statuses)
     n = max(len(statuses), 1)
     prompt = sum(c["prompt_tokens"] for cs in calls for c in cs)
     generated = sum(c["completion_tokens"] for cs in calls for c in cs)
     return {
-        "accuracy": float(np.mean(correct)) if statuses else float("nan"),
-        "ci95": bootstrap_ci(correct, n_boot, seed),
+        "accuracy": correct / len(statuses) if statuses else float("nan"),
+        "ci95": wilson_ci(correct, len(statuses)),
         "unparsed_rate": sum(s == "unparsed" for s in statuses) / n,
         "tokens_per_question": (prompt + generated) / n,
         "generated_tokens_per_question": generated / n,
@@ -59,10 +117,10 @@ def summarize_calls(statuses: list[str], calls: list[list[dict]], n_boot: int = 
     }
 
 
-def summarize(records: list[dict], system: str, n_boot: int = 1000, seed: int = 0) -> dict:
+def summarize(records: list[dict], system: str) -> dict:
     """`summarize_calls` for one system of the debate stage."""
     return summarize_calls([system_outcome(r, system)["status"] for r in records],
-                           [system_calls(r, system) for r in records], n_boot, seed)
+                           [system_calls(r, system) for r in records])
 
 
 def wrong_to_right(record: dict) -> bool:
@@ -72,11 +130,11 @@ def wrong_to_right(record: dict) -> bool:
                for first, last in zip(rounds[0], rounds[-1]))
 
 
-def debate_metrics(records: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
+def debate_metrics(records: list[dict]) -> dict:
     """The debate stage's metrics.json: every system over all questions, and per split."""
 
     def block(subset: list[dict]) -> dict:
-        out = {system: summarize(subset, system, n_boot, seed) for system in SYSTEMS}
+        out = {system: summarize(subset, system) for system in SYSTEMS}
         out["n_questions"] = len(subset)
         out["wrong_to_right_fraction"] = sum(map(wrong_to_right, subset)) / max(len(subset), 1)
         out["consensus_fraction"] = sum(r["debate"]["consensus_round"] is not None for r in subset) / max(len(subset), 1)
@@ -138,13 +196,14 @@ def mcnemar_p(only_a: int, only_b: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def paired_comparison(model: Sequence[bool], base: Sequence[bool], n_boot: int = 1000, seed: int = 0) -> dict:
-    """A model against the base on the same questions: accuracy difference with a paired bootstrap
+def paired_comparison(model: Sequence[bool], base: Sequence[bool]) -> dict:
+    """A model against the base on the same questions: accuracy difference with Newcombe's paired
     95 % CI, the discordant pairs and McNemar's exact p-value."""
-    model, base = np.asarray(model, dtype=float), np.asarray(base, dtype=float)
+    model, base = np.asarray(model, dtype=bool), np.asarray(base, dtype=bool)
     if model.shape != base.shape:
         raise ValueError(f"paired comparison needs the same questions: {model.size} vs {base.size} answers")
-    gained, lost = int(((model == 1) & (base == 0)).sum()), int(((model == 0) & (base == 1)).sum())
-    return {"difference": float((model - base).mean()) if model.size else float("nan"),
-            "ci95": bootstrap_ci(model - base, n_boot, seed), "gained": gained, "lost": lost,
+    both, neither = int((model & base).sum()), int((~model & ~base).sum())
+    gained, lost = int((model & ~base).sum()), int((~model & base).sum())
+    return {"difference": (gained - lost) / model.size if model.size else float("nan"),
+            "ci95": paired_difference_ci(both, gained, lost, neither), "gained": gained, "lost": lost,
             "mcnemar_p": mcnemar_p(gained, lost)}
