@@ -177,14 +177,25 @@ def systems_table(metrics: dict) -> pd.DataFrame:
 
 def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
     """Area under the ROC curve: the probability that a random positive outscores a random
-    negative (ties count half). NaN when either class is absent."""
+    negative (ties count half). NaN when either class is absent.
+
+    Computed as the Mann-Whitney U of the positives from average ranks: O(n log n) time and O(n)
+    memory, where comparing every positive with every negative needs n_pos * n_neg cells.
+    """
     scores, labels = np.asarray(scores, dtype=float), np.asarray(labels, dtype=bool)
-    pos, neg = scores[labels], scores[~labels]
-    if pos.size == 0 or neg.size == 0:
+    n_pos = int(labels.sum())
+    n_neg = labels.size - n_pos
+    if n_pos == 0 or n_neg == 0:
         return float("nan")
-    greater = (pos[:, None] > neg[None, :]).sum()
-    ties = (pos[:, None] == neg[None, :]).sum()
-    return float((greater + 0.5 * ties) / (pos.size * neg.size))
+    order = np.argsort(scores, kind="stable")
+    ordered = scores[order]
+    # runs of equal scores share the mean of the 1-based ranks they span: a tie counts half
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], ordered.size]
+    ranks = np.empty(scores.size)
+    ranks[order] = np.repeat((starts + 1 + ends) / 2, ends - starts)
+    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
 
 
 def mcnemar_p(only_a: int, only_b: int) -> float:

@@ -142,6 +142,30 @@ def test_auroc(scores, labels, expected):
     assert np.isnan(value) if expected is None else value == pytest.approx(expected)
 
 
+def test_auroc_from_ranks_is_the_pairwise_probability_with_ties():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        scores = rng.integers(0, 5, size=40) / 4  # few distinct values: many ties, within and across classes
+        labels = rng.random(40) < 0.3
+        pos, neg = scores[labels], scores[~labels]
+        pairwise = ((pos[:, None] > neg).sum() + 0.5 * (pos[:, None] == neg).sum()) / (pos.size * neg.size)
+        assert metrics.auroc(scores, labels) == pytest.approx(pairwise)
+
+
+def test_auroc_memory_is_linear_in_the_number_of_scores():
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    scores, labels = rng.random(20_000), np.arange(20_000) % 2 == 0
+    tracemalloc.start()
+    value = metrics.auroc(scores, labels)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert 0.45 < value < 0.55
+    # all positive-negative pairs would take 10,000 x 10,000 bytes = 100 MB
+    assert peak < 10e6
+
+
 @pytest.mark.parametrize("only_a, only_b, p", [
     (0, 0, 1.0),
     (5, 5, 1.0),
