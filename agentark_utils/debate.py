@@ -178,7 +178,7 @@ def run_debate(splits: dict[str, list[Question]], backend: Backend, cfg: DebateP
     under other settings are dropped, so a changed parameter never mixes two runs.
     """
     records_path = Path(records_path)
-    existing = read_jsonl(records_path, repair=True)
+    existing = read_jsonl(records_path, repair=True) if records_path.exists() else []
     kept = [r for r in existing if r.get("fingerprint") == run_fingerprint]
     if len(kept) != len(existing):
         rewrite_jsonl(records_path, kept)

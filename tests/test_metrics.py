@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 
 from agentark_utils import metrics
-from agentark_utils.store import append_jsonl, read_jsonl, rewrite_jsonl, write_json
 
 
 def test_bootstrap_ci_brackets_the_mean_and_narrows_with_more_data():
@@ -112,22 +111,6 @@ def test_accuracy_by_round_carries_early_stopped_questions_forward():
     table = metrics.accuracy_by_round(records).set_index(["round", "measure"])["accuracy"]
     assert table[(1, "mean agent")] == 0.5
     assert table[(2, "mean agent")] == pytest.approx((1 + 0.5) / 2)
-
-
-def test_jsonl_survives_a_torn_line_and_json_writes_are_atomic(tmp_path):
-    path = tmp_path / "r.jsonl"
-    append_jsonl(path, [{"a": 1}, {"a": 2}])
-    with path.open("ab") as f:
-        f.write(b'{"a": 3')
-    assert read_jsonl(path) == [{"a": 1}, {"a": 2}]
-    assert path.read_bytes().endswith(b'{"a": 3')  # reading alone does not modify
-    read_jsonl(path, repair=True)
-    append_jsonl(path, [{"a": 4}])
-    assert read_jsonl(path) == [{"a": 1}, {"a": 2}, {"a": 4}]
-    rewrite_jsonl(path, [{"b": 1}])
-    assert read_jsonl(path) == [{"b": 1}]
-    write_json(tmp_path / "m.json", {"x": 1})
-    assert not list(tmp_path.glob("*.tmp"))
 
 
 @pytest.mark.parametrize("scores, labels, expected", [
