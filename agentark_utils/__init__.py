@@ -11,7 +11,7 @@ One module per concept of the paper (arXiv 2602.03955):
 - ``extraction`` Phase 2: A_correct filter, corrective traces, diverse selection, examples per strategy
 - ``distill``   strategies 1 and 2 (R-SFT, DA) and the SFT baselines, on TRL's SFTTrainer
 - ``evaluation`` one greedy generation per test question, graded, with cost
-- ``metrics``   accuracy with bootstrap CIs, cost per question
+- ``metrics``   accuracy with Wilson CIs, paired differences (Newcombe CI, McNemar), cost per question
 - ``store``     append-only JSONL that survives interruption, atomic JSON writes
 - ``plots``     the seaborn figures
 - ``stages``    runs a stage's notebook with Papermill after validating params.yaml

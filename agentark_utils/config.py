@@ -96,7 +96,6 @@ class DebateParams(_Section):
     self_consistency_samples: int | None = Field(default=None, ge=1)
     chunk_size: int = Field(default=16, ge=1)
     seed: int = 0
-    bootstrap_samples: int = Field(default=1000, ge=100)
 
     @property
     def call_budget(self) -> int:
@@ -185,6 +184,8 @@ class EvaluationParams(_Section):
     """Section `evaluation`: one greedy generation per test question."""
 
     max_new_tokens: int = Field(ge=1)
+    # resamples for the means that are not proportions (open-ended scores, reasoning NLL);
+    # accuracies get Wilson / Newcombe score intervals and need none
     bootstrap_samples: int = Field(default=1000, ge=100)
     seed: int = 0
 

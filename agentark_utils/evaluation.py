@@ -25,7 +25,7 @@ def greedy_answers(models: dict[str, str], prompts: list[str], model_params: Mod
 
 
 def evaluate_grid(models: dict[str, str], test_sets: dict[str, list[Question]], model_params: ModelParams,
-                  max_new_tokens: int, n_boot: int = 1000, seed: int = 0, baseline: str | None = "base"):
+                  max_new_tokens: int, seed: int = 0, baseline: str | None = "base"):
     """Every model on every test set, and each model against `baseline` (if any) on the same questions.
 
     Returns (predictions, results): one row per answer, and one row per (model, test set) with the
@@ -42,7 +42,7 @@ def evaluate_grid(models: dict[str, str], test_sets: dict[str, list[Question]], 
         for test_name in test_sets:
             rows = [{"id": q.id, **graded_call(q, gen)} for (t, q), gen in zip(asked, gens) if t == test_name]
             predictions += [{"model": name, "test_set": test_name, **row} for row in rows]
-            summary = metrics.summarize_calls(rows, [[r] for r in rows], n_boot, seed)
+            summary = metrics.summarize_calls(rows, [[r] for r in rows])
             results.append({"model": name, "test_set": test_name, "n": len(rows), **summary})
     if baseline is None:
         return predictions, results
@@ -51,6 +51,6 @@ def evaluate_grid(models: dict[str, str], test_sets: dict[str, list[Question]], 
         correct.setdefault((row["model"], row["test_set"]), []).append(row["status"] == "correct")
     for result in results:
         paired = metrics.paired_comparison(correct[(result["model"], result["test_set"])],
-                                           correct[(baseline, result["test_set"])], n_boot, seed)
+                                           correct[(baseline, result["test_set"])])
         result.update({f"vs_{baseline}_{key}": value for key, value in paired.items()})
     return predictions, results

@@ -1,9 +1,16 @@
-"""Metrics: accuracy with bootstrap 95 % CIs, strict accuracy, unparsed rate, and cost per question."""
+"""Metrics: accuracy with Wilson 95 % CIs, paired differences with Newcombe's interval and McNemar's
+exact test, AUROC, strict and flexible accuracy, unparsed rate, and cost per question.
+
+Accuracies are binomial proportions over a few dozen questions: a percentile bootstrap of them
+collapses at such counts (2/32 correct gave [0, 0.156], a zero lower limit the data cannot
+support), so they get score intervals. The bootstrap is kept for means that are not proportions.
+"""
 
 from __future__ import annotations
 
 import math
 from collections import Counter
+from statistics import NormalDist
 from typing import Sequence
 
 import numpy as np
@@ -15,7 +22,10 @@ SYSTEMS = ("single", "self_consistency", "debate")
 
 
 def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> list[float]:
-    """Percentile bootstrap CI of the mean."""
+    """Percentile bootstrap CI of the mean, for scores that are not proportions (F1, ROUGE).
+
+    Accuracies take `wilson_ci`, paired accuracy differences `paired_difference_ci`.
+    """
     data = np.asarray(values, dtype=float)
     if data.size == 0:
         return [float("nan"), float("nan")]
@@ -23,6 +33,54 @@ def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0, lev
     means = data[rng.integers(0, data.size, size=(n_boot, data.size))].mean(axis=1)
     tail = (1 - level) / 2 * 100
     return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
+
+
+def _z(level: float) -> float:
+    """The two-sided standard normal quantile of a confidence level (1.95996... at 0.95)."""
+    return NormalDist().inv_cdf(0.5 + level / 2)
+
+
+def wilson_ci(successes: int, n: int, level: float = 0.95) -> list[float]:
+    """Wilson score interval of a binomial proportion successes / n; NaNs when n is 0.
+
+    Newcombe (1998), "Two-sided confidence intervals for the single proportion", method 3.
+    """
+    if n == 0:
+        return [float("nan"), float("nan")]
+    z2 = _z(level) ** 2
+    p = successes / n
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = math.sqrt(z2 * (p * (1 - p) / n + z2 / (4 * n * n))) / (1 + z2 / n)
+    # the limits are exactly 0 at successes == 0 and 1 at successes == n; rounding may overshoot
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def paired_difference_ci(both: int, only_a: int, only_b: int, neither: int, level: float = 0.95) -> list[float]:
+    """CI of p_a - p_b for two proportions measured on the same n items, from the 2x2 counts.
+
+    Newcombe (1998), "Improved confidence intervals for the difference between binomial
+    proportions based on paired data", method 10: the Wilson limits of p_a and p_b combined
+    square-and-add, with the correlation of the pairs (phi, continuity-corrected) subtracted.
+    NaNs when n is 0.
+    """
+    n = both + only_a + only_b + neither
+    if n == 0:
+        return [float("nan"), float("nan")]
+    a, b = both + only_a, both + only_b
+    p_a, p_b = a / n, b / n
+    lo_a, hi_a = wilson_ci(a, n, level)
+    lo_b, hi_b = wilson_ci(b, n, level)
+    margins = a * (n - a) * b * (n - b)
+    association = both * neither - only_a * only_b
+    # Newcombe's correction: a positive association is shrunk by n/2 (and floored at 0), a
+    # negative one is kept; phi is 0 when a margin is empty (the correlation is undefined).
+    corrected = max(association - n / 2, 0.0) if association > 0 else association
+    phi = corrected / math.sqrt(margins) if margins else 0.0
+    d = p_a - p_b
+    # max(0, .): the radicands are >= 0 for |phi| <= 1, but rounding can dip below at phi = 1
+    lower = d - math.sqrt(max(0.0, (p_a - lo_a) ** 2 - 2 * phi * (p_a - lo_a) * (hi_b - p_b) + (hi_b - p_b) ** 2))
+    upper = d + math.sqrt(max(0.0, (p_b - lo_b) ** 2 - 2 * phi * (p_b - lo_b) * (hi_a - p_a) + (hi_a - p_a) ** 2))
+    return [max(-1.0, lower), min(1.0, upper)]
 
 
 def system_calls(record: dict, system: str) -> list[dict]:
@@ -44,23 +102,23 @@ def system_outcome(record: dict, system: str) -> dict:
     return record["debate"]["final"]
 
 
-def summarize_calls(outcomes: list[dict], calls: list[list[dict]], n_boot: int = 1000, seed: int = 0) -> dict:
-    """Accuracy (flexible, with its CI, and strict), unparsed rate, cost per question, and how many
-    calls each extractor read, from each question's outcome ({"status", "strict_status"}) and the
-    generation calls spent on it.
+def summarize_calls(outcomes: list[dict], calls: list[list[dict]]) -> dict:
+    """Accuracy (flexible, with its Wilson 95 % CI, and strict), unparsed rate, cost per question, and
+    how many calls each extractor read, from each question's outcome ({"status", "strict_status"})
+    and the generation calls spent on it.
 
     Records graded before strict grading existed lack its fields: their strict accuracy is NaN and
     their calls count under no extractor.
     """
-    correct = [o["status"] == "correct" for o in outcomes]
+    correct = sum(o["status"] == "correct" for o in outcomes)
     strict = [o.get("strict_status") for o in outcomes]
     n = max(len(outcomes), 1)
     prompt = sum(c["prompt_tokens"] for cs in calls for c in cs)
     generated = sum(c["completion_tokens"] for cs in calls for c in cs)
     fired = Counter(c["extractor"] for cs in calls for c in cs if "extractor" in c)
     return {
-        "accuracy": float(np.mean(correct)) if outcomes else float("nan"),
-        "ci95": bootstrap_ci(correct, n_boot, seed),
+        "accuracy": correct / len(outcomes) if outcomes else float("nan"),
+        "ci95": wilson_ci(correct, len(outcomes)),
         "strict_accuracy": float(np.mean([s == "correct" for s in strict])) if outcomes and None not in strict
                            else float("nan"),
         "unparsed_rate": sum(o["status"] == "unparsed" for o in outcomes) / n,
@@ -74,10 +132,10 @@ def summarize_calls(outcomes: list[dict], calls: list[list[dict]], n_boot: int =
     }
 
 
-def summarize(records: list[dict], system: str, n_boot: int = 1000, seed: int = 0) -> dict:
+def summarize(records: list[dict], system: str) -> dict:
     """`summarize_calls` for one system of the debate stage."""
     return summarize_calls([system_outcome(r, system) for r in records],
-                           [system_calls(r, system) for r in records], n_boot, seed)
+                           [system_calls(r, system) for r in records])
 
 
 def wrong_to_right(record: dict) -> bool:
@@ -87,11 +145,11 @@ def wrong_to_right(record: dict) -> bool:
                for first, last in zip(rounds[0], rounds[-1]))
 
 
-def debate_metrics(records: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
+def debate_metrics(records: list[dict]) -> dict:
     """The debate stage's metrics.json: every system over all questions, and per split."""
 
     def block(subset: list[dict]) -> dict:
-        out = {system: summarize(subset, system, n_boot, seed) for system in SYSTEMS}
+        out = {system: summarize(subset, system) for system in SYSTEMS}
         out["n_questions"] = len(subset)
         out["wrong_to_right_fraction"] = sum(map(wrong_to_right, subset)) / max(len(subset), 1)
         out["consensus_fraction"] = sum(r["debate"]["consensus_round"] is not None for r in subset) / max(len(subset), 1)
@@ -134,14 +192,25 @@ def systems_table(metrics: dict) -> pd.DataFrame:
 
 def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
     """Area under the ROC curve: the probability that a random positive outscores a random
-    negative (ties count half). NaN when either class is absent."""
+    negative (ties count half). NaN when either class is absent.
+
+    Computed as the Mann-Whitney U of the positives from average ranks: O(n log n) time and O(n)
+    memory, where comparing every positive with every negative needs n_pos * n_neg cells.
+    """
     scores, labels = np.asarray(scores, dtype=float), np.asarray(labels, dtype=bool)
-    pos, neg = scores[labels], scores[~labels]
-    if pos.size == 0 or neg.size == 0:
+    n_pos = int(labels.sum())
+    n_neg = labels.size - n_pos
+    if n_pos == 0 or n_neg == 0:
         return float("nan")
-    greater = (pos[:, None] > neg[None, :]).sum()
-    ties = (pos[:, None] == neg[None, :]).sum()
-    return float((greater + 0.5 * ties) / (pos.size * neg.size))
+    order = np.argsort(scores, kind="stable")
+    ordered = scores[order]
+    # runs of equal scores share the mean of the 1-based ranks they span: a tie counts half
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], ordered.size]
+    ranks = np.empty(scores.size)
+    ranks[order] = np.repeat((starts + 1 + ends) / 2, ends - starts)
+    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
 
 
 def mcnemar_p(only_a: int, only_b: int) -> float:
@@ -153,38 +222,29 @@ def mcnemar_p(only_a: int, only_b: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def paired_comparison(model: Sequence[bool], base: Sequence[bool], n_boot: int = 1000, seed: int = 0) -> dict:
-    """A model against the base on the same questions: accuracy difference with a paired bootstrap
+def paired_comparison(model: Sequence[bool], base: Sequence[bool]) -> dict:
+    """A model against the base on the same questions: accuracy difference with Newcombe's paired
     95 % CI, the discordant pairs and McNemar's exact p-value."""
-    model, base = np.asarray(model, dtype=float), np.asarray(base, dtype=float)
+    model, base = np.asarray(model, dtype=bool), np.asarray(base, dtype=bool)
     if model.shape != base.shape:
         raise ValueError(f"paired comparison needs the same questions: {model.size} vs {base.size} answers")
-    gained, lost = int(((model == 1) & (base == 0)).sum()), int(((model == 0) & (base == 1)).sum())
-    return {"difference": float((model - base).mean()) if model.size else float("nan"),
-            "ci95": bootstrap_ci(model - base, n_boot, seed), "gained": gained, "lost": lost,
+    both, neither = int((model & base).sum()), int((~model & ~base).sum())
+    gained, lost = int((model & ~base).sum()), int((~model & base).sum())
+    return {"difference": (gained - lost) / model.size if model.size else float("nan"),
+            "ci95": paired_difference_ci(both, gained, lost, neither), "gained": gained, "lost": lost,
             "mcnemar_p": mcnemar_p(gained, lost)}
 
 
-def accuracy_by_stratum(questions: Sequence, correct: Sequence[bool], level: float = 0.95) -> pd.DataFrame:
+def accuracy_by_stratum(questions: Sequence, correct: Sequence[bool]) -> pd.DataFrame:
     """Accuracy per difficulty stratum (`Question.metadata["stratum"]`, "all" where a question has
-    none): one row per stratum with n, accuracy and its Wilson score interval.
-
-    The Wilson interval is computed in closed form; it equals scipy's
-    `binomtest(k, n).proportion_ci(level, method="wilson")`, without needing scipy, and unlike the
-    bootstrap it stays inside [0, 1] and is not [1, 1] for a small stratum that is all correct.
-    """
-    from statistics import NormalDist
-
+    none): one row per stratum with n, accuracy and its Wilson 95 % interval."""
     if len(questions) != len(correct):
         raise ValueError(f"{len(questions)} questions but {len(correct)} correctness flags")
-    z = NormalDist().inv_cdf((1 + level) / 2)
     table = pd.DataFrame({"stratum": [q.metadata.get("stratum", "all") for q in questions],
                           "correct": [bool(c) for c in correct]})
     rows = []
     for stratum, group in table.groupby("stratum", sort=True):
         n, k = len(group), int(group["correct"].sum())
-        centre = (k + z**2 / 2) / (n + z**2)
-        half = z * math.sqrt(k * (n - k) / n + z**2 / 4) / (n + z**2)
-        rows.append({"stratum": stratum, "n": n, "accuracy": k / n,
-                     "ci_low": max(0.0, centre - half), "ci_high": min(1.0, centre + half)})
+        low, high = wilson_ci(k, n)
+        rows.append({"stratum": stratum, "n": n, "accuracy": k / n, "ci_low": low, "ci_high": high})
     return pd.DataFrame(rows, columns=["stratum", "n", "accuracy", "ci_low", "ci_high"])

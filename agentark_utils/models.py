@@ -68,32 +68,59 @@ def provision(out_dir: str | Path = DEFAULT_MODEL_DIR) -> Path:
 
 
 def save_atomically(model, tokenizer, out_dir: str | Path) -> Path:
-    """Save to a temporary sibling, then rename: a half-written model directory never looks complete.
+    """Save to a temporary sibling, then swap it in: a half-written model directory never looks
+    complete, and a kill at any moment leaves a complete model, the old or the new one.
 
-    Under several processes only the main one writes; all return once the model is in place.
+    A directory cannot be renamed over a non-empty one, so the swap is two renames: out ->
+    `<out>.old`, then `<out>.partial` -> out. A kill between them leaves the old model as
+    `<out>.old`; `restore_interrupted_save`, run by the next save and by every load (through
+    `resolve`), renames it back. Under several processes only the main one writes; all return
+    once the model is in place.
     """
     from agentark_utils.training import barrier, is_main_process
 
     out_dir = Path(out_dir)
     if is_main_process():
-        tmp = out_dir.with_name(out_dir.name + ".partial")
+        restore_interrupted_save(out_dir)
+        tmp, old = _sibling(out_dir, ".partial"), _sibling(out_dir, ".old")
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        shutil.rmtree(out_dir, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)  # left by a kill after a completed swap: out is whole
+        if out_dir.exists():
+            out_dir.rename(old)
         tmp.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
     barrier()
     return out_dir
+
+
+def restore_interrupted_save(out_dir: str | Path) -> None:
+    """Put back the model a save killed between its two renames left as `<out>.old` (see
+    `save_atomically`); nothing to do when out exists."""
+    out_dir = Path(out_dir)
+    old = _sibling(out_dir, ".old")
+    if not out_dir.exists() and old.is_dir():
+        try:
+            old.rename(out_dir)
+        except FileNotFoundError:  # another process (rank, stage) restored it first
+            pass
+
+
+def _sibling(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
 
 
 def resolve(name: str) -> str:
     """Return a loadable reference for `name` (a local directory or a hub id), or raise.
 
     Tried in order: a local directory with a config.json, the local Hugging Face cache, the hub.
-    Nothing is downloaded here; this only checks that loading will find the model.
+    Nothing is downloaded here; this only checks that loading will find the model (and puts back
+    a local model that a killed `save_atomically` left aside).
     """
     tried = []
     path = Path(name).expanduser()
+    restore_interrupted_save(path)
     if path.is_dir():
         if (path / "config.json").is_file():
             return str(path)

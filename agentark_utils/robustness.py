@@ -105,9 +105,9 @@ def perturb(questions: list[Question], name: str, seed: int = 0) -> list[Questio
     return [q for q in out if q is not None]
 
 
-def accuracy_drops(perturbed: list[dict], clean: list[dict], n_boot: int = 1000, seed: int = 0) -> list[dict]:
+def accuracy_drops(perturbed: list[dict], clean: list[dict]) -> list[dict]:
     """Per model and perturbation: accuracy on the perturbed questions against the same model on the
-    original questions (paired by original id), with a paired bootstrap CI of the change.
+    original questions (paired by original id), with Newcombe's paired CI of the change.
 
     Both lists hold prediction rows with `model`, `id` and `status`; perturbed rows also `test_set`
     (the perturbation's name) and ids of the form `<original id>~<perturbation>`.
@@ -124,7 +124,7 @@ def accuracy_drops(perturbed: list[dict], clean: list[dict], n_boot: int = 1000,
     out = []
     for (model, name), pairs in groups.items():
         after, before = [a for a, _ in pairs], [b for _, b in pairs]
-        paired = paired_comparison(after, before, n_boot, seed)
+        paired = paired_comparison(after, before)
         out.append({"model": model, "perturbation": name, "n": len(pairs), "clean_accuracy": sum(before) / len(pairs),
                     "perturbed_accuracy": sum(after) / len(pairs), "change": paired["difference"],
                     "change_ci95": paired["ci95"], "mcnemar_p": paired["mcnemar_p"]})

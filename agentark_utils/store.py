@@ -2,7 +2,8 @@
 
 - JSONL records are appended one line per finished item and flushed to disk (fsync), so a killed
   run keeps every finished item; a torn last line (the process died mid-write) is cut off when the
-  file is next opened, never parsed as a record.
+  file is next opened, never parsed as a record. A bad line anywhere else is not a torn write but
+  damage: reading stops with an error rather than dropping the records after it.
 - JSON and other small outputs are written to a temporary file and renamed (atomic on POSIX), so
   a reader never sees a half-written file.
 """
@@ -14,24 +15,37 @@ import os
 from pathlib import Path
 
 
-def read_jsonl(path: str | Path, repair: bool = False) -> list[dict]:
-    """All complete records of a JSONL file ([] if it does not exist).
+class CorruptJSONLError(ValueError):
+    """A line other than the last is not a JSON record: the file is damaged, not merely torn."""
 
-    With repair=True a torn last line is truncated away on disk so that appends continue cleanly.
+    def __init__(self, path: Path, line: int, reason: str):
+        super().__init__(f"{path}, line {line}: not a JSON record ({reason}). Only a torn last line is "
+                         f"repaired; the records after this one are kept, so fix or delete the line by hand.")
+        self.path, self.line = path, line
+
+
+def read_jsonl(path: str | Path, repair: bool = False) -> list[dict]:
+    """All records of a JSONL file; FileNotFoundError if it does not exist.
+
+    A torn last line (no newline, or not JSON) is an interrupted append: it is skipped, and with
+    repair=True truncated away on disk so that appends continue cleanly. A bad line before the
+    last raises CorruptJSONLError naming the file and the line (1-based).
     """
     path = Path(path)
-    if not path.exists():
-        return []
-    records, good_bytes = [], 0
+    records, good_bytes, bad = [], 0, None
     with path.open("rb") as f:
-        for raw in f:
+        for number, raw in enumerate(f, start=1):
+            if bad is not None:  # a line follows the bad one, so the bad one was not the last
+                raise CorruptJSONLError(path, *bad)
             if not raw.endswith(b"\n"):
-                break  # torn write: the line never got its newline
+                break  # only the last line can lack its newline: torn
             try:
-                records.append(json.loads(raw))
-            except json.JSONDecodeError:
-                break
-            good_bytes += len(raw)
+                record = json.loads(raw)
+            except ValueError as error:  # JSONDecodeError, or UnicodeDecodeError on broken UTF-8
+                bad = (number, str(error))
+            else:
+                records.append(record)
+                good_bytes += len(raw)
     if repair and good_bytes != path.stat().st_size:
         with path.open("r+b") as f:
             f.truncate(good_bytes)

@@ -13,7 +13,7 @@ def test_grid_rows_and_paired_comparison(tiny_model_dir):
     sets = {"in": [Question(f"a{i}", "t", f"{i} + 1?", str(i + 1), "number") for i in range(3)],
             "out": [Question("b0", "u", "Solve x - 1 = 2", "3", "number")]}
     predictions, results = evaluate_grid({"base": str(tiny_model_dir), "copy": str(tiny_model_dir)}, sets, params,
-                                         max_new_tokens=4, n_boot=100)
+                                         max_new_tokens=4)
     assert len(predictions) == 2 * (3 + 1)
     assert [(r["model"], r["test_set"], r["n"]) for r in results] == [
         ("base", "in", 3), ("base", "out", 1), ("copy", "in", 3), ("copy", "out", 1)]

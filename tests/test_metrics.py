@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 
 from agentark_utils import metrics
-from agentark_utils.store import append_jsonl, read_jsonl, rewrite_jsonl, write_json
 
 
 def test_bootstrap_ci_brackets_the_mean_and_narrows_with_more_data():
@@ -41,7 +40,7 @@ def test_debate_metrics_by_hand():
         record("train", "correct", [["wrong", "correct"], ["correct", "correct"]], "correct"),
         record("test", "unparsed", [["wrong", "wrong"], ["wrong", "wrong"]], "wrong", sc_status="unparsed"),
     ]
-    m = metrics.debate_metrics(records, n_boot=200)
+    m = metrics.debate_metrics(records)
     assert m["n_questions"] == 2
     assert m["single"]["accuracy"] == 0.5 and m["single"]["unparsed_rate"] == 0.5
     assert m["self_consistency"]["unparsed_rate"] == 0.5
@@ -51,6 +50,57 @@ def test_debate_metrics_by_hand():
     assert m["debate"]["latency_s_per_question"] == pytest.approx(2.5)
     assert m["wrong_to_right_fraction"] == 0.5
     assert m["by_split"]["test"]["n_questions"] == 1 and m["by_split"]["test"]["debate"]["accuracy"] == 0.0
+
+
+@pytest.mark.parametrize("successes, n, low, high", [
+    # Newcombe (1998), "Two-sided confidence intervals for the single proportion: comparison of
+    # seven methods", Stat Med 17:857-872, Table I, method 3 (Wilson score, no continuity correction)
+    (81, 263, 0.2553, 0.3662),
+    (15, 148, 0.0624, 0.1605),
+    (0, 20, 0.0, 0.1611),
+    (1, 29, 0.0061, 0.1718),
+])
+def test_wilson_interval_matches_newcombe_table_1(successes, n, low, high):
+    assert metrics.wilson_ci(successes, n) == pytest.approx([low, high], abs=1e-4)
+
+
+def test_accuracy_ci_does_not_collapse_at_small_counts():
+    """2 of 32 correct: the percentile bootstrap gave [0, 0.156], as if 0 % were plausible."""
+    summary = metrics.summarize_calls(["correct"] * 2 + ["wrong"] * 29 + ["unparsed"], [[]] * 32)
+    assert summary["accuracy"] == 2 / 32
+    # Wilson by hand: centre (2 + z^2/2) / (32 + z^2), half-width z sqrt(2 * 30 / 32 + z^2 / 4) / (32 + z^2)
+    assert summary["ci95"] == pytest.approx([0.0173, 0.2015], abs=1e-4)
+    assert np.isnan(metrics.wilson_ci(0, 0)).all()
+
+
+@pytest.mark.parametrize("both, only_a, only_b, neither, low, high", [
+    # Newcombe (1998), "Improved confidence intervals for the difference between binomial
+    # proportions based on paired data", Stat Med 17:2635-2650, Table II, method 10; the values as
+    # the R package propint checks them (github.com/m-Py/propint, tests/testthat/test_Two_Dependent_Props_CI.R)
+    (36, 12, 2, 0, 0.0569, 0.3404),
+    (18, 12, 2, 18, 0.0562, 0.3290),
+    (53, 0, 0, 1, -0.0729, 0.0729),
+    (0, 30, 0, 0, 0.8395, 1.0),
+])
+def test_paired_difference_ci_matches_newcombe_table_2(both, only_a, only_b, neither, low, high):
+    assert metrics.paired_difference_ci(both, only_a, only_b, neither) == pytest.approx([low, high], abs=1e-4)
+    # the difference the other way round: the same interval, negated
+    assert metrics.paired_difference_ci(both, only_b, only_a, neither) == pytest.approx([-high, -low], abs=1e-4)
+
+
+def test_paired_comparison_of_das_review_example():
+    """The review's case, 32 questions, DA gained 2 and lost none: the paired bootstrap said
+    [0.000, 0.156] (it cannot go below 0 without a lost question), Newcombe's interval
+    [-0.049, 0.181]. The review gave only the intervals; 6 questions both right and 24 both
+    wrong are the counts that reproduce them."""
+    model = [1] * 6 + [1] * 2 + [0] * 24
+    base = [1] * 6 + [0] * 2 + [0] * 24
+    result = metrics.paired_comparison(model, base)
+    assert set(result) == {"difference", "ci95", "gained", "lost", "mcnemar_p"}
+    assert result["difference"] == pytest.approx(2 / 32)
+    assert (result["gained"], result["lost"]) == (2, 0)
+    assert result["ci95"] == pytest.approx([-0.049, 0.181], abs=1e-3)
+    assert result["mcnemar_p"] == pytest.approx(0.5)  # 2 * (1/2)^2
 
 
 def test_accuracy_by_round_carries_early_stopped_questions_forward():
@@ -63,22 +113,6 @@ def test_accuracy_by_round_carries_early_stopped_questions_forward():
     assert table[(2, "mean agent")] == pytest.approx((1 + 0.5) / 2)
 
 
-def test_jsonl_survives_a_torn_line_and_json_writes_are_atomic(tmp_path):
-    path = tmp_path / "r.jsonl"
-    append_jsonl(path, [{"a": 1}, {"a": 2}])
-    with path.open("ab") as f:
-        f.write(b'{"a": 3')
-    assert read_jsonl(path) == [{"a": 1}, {"a": 2}]
-    assert path.read_bytes().endswith(b'{"a": 3')  # reading alone does not modify
-    read_jsonl(path, repair=True)
-    append_jsonl(path, [{"a": 4}])
-    assert read_jsonl(path) == [{"a": 1}, {"a": 2}, {"a": 4}]
-    rewrite_jsonl(path, [{"b": 1}])
-    assert read_jsonl(path) == [{"b": 1}]
-    write_json(tmp_path / "m.json", {"x": 1})
-    assert not list(tmp_path.glob("*.tmp"))
-
-
 @pytest.mark.parametrize("scores, labels, expected", [
     ([0.9, 0.8, 0.2, 0.1], [1, 1, 0, 0], 1.0),
     ([0.1, 0.2, 0.8, 0.9], [1, 1, 0, 0], 0.0),
@@ -87,10 +121,32 @@ def test_jsonl_survives_a_torn_line_and_json_writes_are_atomic(tmp_path):
     ([0.4, 0.6], [1, 1], None),  # one class only: undefined
 ])
 def test_auroc(scores, labels, expected):
-    from agentark_utils.metrics import auroc
+    value = metrics.auroc(scores, labels)
+    assert np.isnan(value) if expected is None else value == pytest.approx(expected)
 
-    value = auroc(scores, labels)
-    assert (value != value) if expected is None else value == pytest.approx(expected)
+
+def test_auroc_from_ranks_is_the_pairwise_probability_with_ties():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        scores = rng.integers(0, 5, size=40) / 4  # few distinct values: many ties, within and across classes
+        labels = rng.random(40) < 0.3
+        pos, neg = scores[labels], scores[~labels]
+        pairwise = ((pos[:, None] > neg).sum() + 0.5 * (pos[:, None] == neg).sum()) / (pos.size * neg.size)
+        assert metrics.auroc(scores, labels) == pytest.approx(pairwise)
+
+
+def test_auroc_memory_is_linear_in_the_number_of_scores():
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    scores, labels = rng.random(20_000), np.arange(20_000) % 2 == 0
+    tracemalloc.start()
+    value = metrics.auroc(scores, labels)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert 0.45 < value < 0.55
+    # all positive-negative pairs would take 10,000 x 10,000 bytes = 100 MB
+    assert peak < 10e6
 
 
 @pytest.mark.parametrize("only_a, only_b, p", [
@@ -107,7 +163,7 @@ def test_mcnemar_exact(only_a, only_b, p):
 def test_paired_comparison_counts_discordant_pairs():
     model = [1, 1, 1, 0, 1, 0]
     base = [0, 0, 1, 0, 1, 1]
-    result = metrics.paired_comparison(model, base, n_boot=200, seed=0)
+    result = metrics.paired_comparison(model, base)
     assert result["difference"] == pytest.approx(1 / 6)
     assert (result["gained"], result["lost"]) == (2, 1)
     assert result["ci95"][0] <= result["difference"] <= result["ci95"][1]

@@ -13,7 +13,7 @@ def tiny_params(tmp_path, model_dir) -> str:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["model"].update(teacher=str(model_dir), student=str(model_dir), dtype="float32", device="cpu", batch_size=8)
     params["data"].update(task="arith_mix", n_train=2, n_test=2)
-    params["debate"].update(n_agents=2, rounds=2, max_new_tokens=8, chunk_size=2, bootstrap_samples=100)
+    params["debate"].update(n_agents=2, rounds=2, max_new_tokens=8, chunk_size=2)
     params["sft"].update(epochs=1, batch_size=4, bf16=False)
     params["evaluation"].update(max_new_tokens=8, bootstrap_samples=100)
     params["prm"].update(stage1_steps=2, stage2_steps=1, bf16=False)

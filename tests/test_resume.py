@@ -33,7 +33,7 @@ def test_sigkill_then_rerun_keeps_every_finished_question_once(tiny_model_dir, t
     path = tmp_path / "records.jsonl"
     proc = run(tiny_model_dir, path)
     deadline = time.time() + 240
-    while len(read_jsonl(path)) < 2 and time.time() < deadline and proc.poll() is None:
+    while (not path.exists() or len(read_jsonl(path)) < 2) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -73,7 +73,7 @@ def test_accuracy_drops_pair_by_original_question():
                  {"model": "m", "id": "b~hint", "test_set": "hint", "status": "correct"},
                  {"model": "m", "id": "c~hint", "test_set": "hint", "status": "unparsed"},
                  {"model": "n", "id": "a~hint", "test_set": "hint", "status": "correct"}]
-    rows = {r["model"]: r for r in accuracy_drops(perturbed, clean, n_boot=100)}
+    rows = {r["model"]: r for r in accuracy_drops(perturbed, clean)}
     assert (rows["m"]["n"], rows["m"]["clean_accuracy"], rows["m"]["perturbed_accuracy"]) == (3, 2 / 3, 1 / 3)
     assert rows["m"]["change"] == pytest.approx(-1 / 3)
     assert rows["n"]["change"] == 1.0 and rows["n"]["perturbation"] == "hint"
