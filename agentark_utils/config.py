@@ -120,9 +120,10 @@ class SFTParams(_Section):
     """Section `sft`: one training budget shared by R-SFT, DA and both baselines."""
 
     learning_rate: float = Field(gt=0)
-    epochs: float = Field(gt=0)
+    epochs: float = Field(gt=0)  # passes over the questions (distill.py: the same optimizer steps for every strategy)
     batch_size: int = Field(ge=1)
     grad_accum: int = Field(default=1, ge=1)
+    warmup_steps: int = Field(default=0, ge=0)  # linear warm-up, in optimizer steps (it starts at learning rate 0)
     max_length: int = Field(default=512, ge=16)
     lora_r: int = Field(default=0, ge=0)  # 0: full fine-tuning
     lora_alpha: int = Field(default=16, ge=1)

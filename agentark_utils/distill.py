@@ -1,14 +1,33 @@
 """Strategies 1 and 2 (and the SFT baselines): supervised fine-tuning with TRL.
 
 All four SFT students (R-SFT, DA, answer-only, single-agent CoT) go through `train_sft`, so they
-share one loss and one budget. Each example carries a weight; the loss of a batch is
+share one loss and one budget.
 
-    sum_i w_i * mean_t NLL(completion token t of row i)  /  sum_i w_i
+Loss. Each example carries a weight: R-SFT and the baselines have w = 1; DA gives each of a
+question's k traces w = 1/k (the paper's Eq. 2). The loss of a micro-batch is
 
-with prompt tokens masked (TRL's completion-only labels). R-SFT and the baselines have w = 1. DA
-gives each of a question's k traces w = 1/k (the paper's Eq. 2), so every question weighs the same
-however many traces it contributes. The weight rides along as a dataset column
-(`remove_unused_columns=False`) and a thin collator wrapper puts it in the batch.
+    sum_i w_i * mean_t NLL(completion token t of row i)  /  (rows per optimizer step * mean weight)
+
+with prompt tokens masked (TRL's completion-only labels) and the mean weight taken once over the
+whole dataset. The denominator is a constant, the weight mass an optimizer step holds on average, so
+- a row's gradient scales with its own weight, whoever shares its batch: over an epoch every
+  question contributes equally, however many traces it has (1/k holds across batches, not only
+  within one), and DA's loss has the same scale as R-SFT's;
+- the micro-batches of one optimizer step add up to that step's loss: the loss is already scaled
+  for gradient accumulation, and the Trainer is told so (`loss_is_scaled_for_ga`) rather than left
+  to guess from `model_accepts_loss_kwargs`.
+The weight rides along as a dataset column (`remove_unused_columns=False`) and a thin collator
+wrapper puts it in the batch.
+
+Budget. Every strategy gets the same number of optimizer steps for the same questions:
+
+    optimizer steps = ceil(epochs * n_questions / (batch_size * grad_accum * processes))
+
+so `sft.epochs` counts passes over the *questions*: R-SFT (one row per question) passes `epochs`
+times over its rows, DA (k rows per question) `epochs / k` times, and both see the same number of
+rows. `TrainResult` reports what a run consumed: optimizer_steps, rows_seen and tokens_seen (the
+completion tokens that carried loss). Warm-up is `sft.warmup_steps` optimizer steps (default 0: a
+linear warm-up starts at learning rate 0, which would waste one of a tiny run's few steps).
 
 Checkpoints go to `<out>.checkpoints/` every `save_steps`; a killed run resumes from the last one
 (if the settings are unchanged) and the final model directory appears only when complete.
@@ -16,6 +35,7 @@ Checkpoints go to `<out>.checkpoints/` every `save_steps`; a killed run resumes 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +55,9 @@ class TrainResult:
     n_questions: int
     n_tokens: int  # prompt + completion tokens of one pass over the rows
     n_completion_tokens: int  # tokens that carry loss, one pass
+    optimizer_steps: int
+    rows_seen: int  # rows the run trained on, all passes, all processes
+    tokens_seen: int  # completion tokens that carried loss, all passes, all processes
     wall_s: float
     seed: int
     resumed_from: str | None
@@ -44,14 +67,19 @@ class TrainResult:
         return {k: v for k, v in self.__dict__.items() if k != "log_history"}
 
 
-def weighted_completion_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Per row, the mean NLL of its labelled (completion) tokens; rows combined by their weights."""
+def weighted_completion_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+                             weight_mass: float) -> torch.Tensor:
+    """Per row, the mean NLL of its labelled (completion) tokens; the rows' weighted sum over `weight_mass`."""
     target = labels[:, 1:]
     nll = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), target, ignore_index=-100, reduction="none")
     mask = (target != -100).float()
     per_row = (nll * mask).sum(1) / mask.sum(1).clamp(min=1)
-    weights = weights.to(per_row.dtype)
-    return (per_row * weights).sum() / weights.sum()
+    return (per_row * weights.to(per_row.dtype)).sum() / weight_mass
+
+
+def optimizer_steps(n_questions: int, params: SFTParams, processes: int = 1) -> int:
+    """The budget every strategy gets: `params.epochs` passes over the questions (module docstring)."""
+    return math.ceil(params.epochs * n_questions / (params.batch_size * params.grad_accum * processes))
 
 
 class _WeightCollator:
@@ -70,12 +98,39 @@ def _trainer_class():
     from trl import SFTTrainer
 
     class WeightedSFTTrainer(SFTTrainer):
+        """SFTTrainer with the weighted loss of the module docstring; logs the rows and loss tokens of each step."""
+
+        # compute_loss divides by a whole optimizer step's weight mass, so the Trainer must not also
+        # divide by the accumulation steps (by default it would skip that only for models that accept
+        # loss kwargs, as Llama's do).
+        loss_is_scaled_for_ga = True
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # The weight one process's optimizer step holds on average, once for the whole dataset (DDP
+            # then averages the processes' gradients).
+            weights = self.train_dataset["weight"]
+            rows_per_step = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+            self.weight_mass = rows_per_step * sum(weights) / len(weights)
+            self._rows, self._loss_tokens = 0, 0  # since the last log
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             weights = inputs.pop("weight")
             labels = inputs.pop("labels")
             outputs = model(**inputs)
-            loss = weighted_completion_loss(outputs.logits, labels, weights)
+            loss = weighted_completion_loss(outputs.logits, labels, weights, self.weight_mass)
+            self._rows += len(weights)
+            self._loss_tokens += int((labels[:, 1:] != -100).sum())
             return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            # A step's log ("loss"; logging_steps=1) gets what the step consumed, summed over the
+            # processes; in log_history, which checkpoints keep, these add up across a resume.
+            if "loss" in logs:
+                seen = torch.tensor([self._rows, self._loss_tokens], device=self.args.device)
+                logs["rows"], logs["loss_tokens"] = (int(n) for n in self.accelerator.reduce(seen, "sum").tolist())
+                self._rows, self._loss_tokens = 0, 0
+            super().log(logs, start_time)
 
     return WeightedSFTTrainer
 
@@ -104,6 +159,7 @@ def train_sft(examples: list[Example], base_model: str, out_dir: str | Path, par
          "weight": e.weight}
         for e in examples
     ])
+    n_questions = len({e.question_id for e in examples})
     # float32 master weights; `sft.bf16` adds bf16 autocast (faster on GPUs, slower on our 2-core CPU).
     model, tokenizer = load_causal_lm(base_model, dtype="float32", device=device, trust_remote_code=trust_remote_code)
     peft_config = None
@@ -113,15 +169,18 @@ def train_sft(examples: list[Example], base_model: str, out_dir: str | Path, par
         peft_config = LoraConfig(r=params.lora_r, lora_alpha=params.lora_alpha, target_modules="all-linear",
                                  task_type="CAUSAL_LM")
     config = SFTConfig(
-        output_dir=str(ckpt_dir), learning_rate=params.learning_rate, num_train_epochs=params.epochs,
+        output_dir=str(ckpt_dir), learning_rate=params.learning_rate,
         per_device_train_batch_size=params.batch_size, gradient_accumulation_steps=params.grad_accum,
         max_length=params.max_length, bf16=params.bf16, seed=params.seed, data_seed=params.seed,
-        lr_scheduler_type="cosine", warmup_steps=0.1,  # a float < 1 is a ratio of all steps
-        logging_steps=1, save_strategy="steps",
+        lr_scheduler_type="cosine", warmup_steps=params.warmup_steps,
+        logging_steps=1,  # every step's log carries its rows and loss tokens (WeightedSFTTrainer.log)
+        save_strategy="steps",
         save_steps=params.save_steps, save_total_limit=1, report_to=[], remove_unused_columns=False,
         use_cpu=torch_device(device) == "cpu", disable_tqdm=False,
         logging_nan_inf_filter=False,  # the default would hide a NaN loss from StopOnNonFinite
     )
+    # The budget counts the processes, which the arguments know only once built.
+    config.max_steps = optimizer_steps(n_questions, params, config.world_size)
     trainer = _trainer_class()(model=model, args=config, train_dataset=rows, processing_class=tokenizer,
                                peft_config=peft_config, callbacks=[stop_on_non_finite_callback()])
     trainer.data_collator = _WeightCollator(trainer.data_collator)
@@ -134,13 +193,16 @@ def train_sft(examples: list[Example], base_model: str, out_dir: str | Path, par
     save_atomically(final, tokenizer, out_dir)
 
     tokenized = trainer.train_dataset
+    history = list(trainer.state.log_history)
     result = TrainResult(
-        n_rows=len(examples), n_questions=len({e.question_id for e in examples}),
+        n_rows=len(examples), n_questions=n_questions,
         n_tokens=sum(len(ids) for ids in tokenized["input_ids"]),
         n_completion_tokens=sum(sum(1 for t in labels if t != -100) for labels in tokenized["labels"]),
+        optimizer_steps=trainer.state.global_step,
+        rows_seen=sum(h.get("rows", 0) for h in history), tokens_seen=sum(h.get("loss_tokens", 0) for h in history),
         wall_s=wall, seed=params.seed,
         resumed_from=str(resume) if resume else None,
-        log_history=list(trainer.state.log_history),
+        log_history=history,
     )
     remove_checkpoints(ckpt_dir)
     return result

@@ -53,10 +53,12 @@ def scorer_dir(scorer) -> str:
 
 
 def train_grpo(questions: list[Question], student: str, scorer, out_dir: str | Path, params: GRPOParams,
-               device: str = "auto", trust_remote_code: bool = False) -> GRPOResult:
+               device: str = "auto", trust_remote_code: bool = False,
+               prm_max_length: int | None = None) -> GRPOResult:
     """Optimise `student` on `questions` against the rewards; save the policy to `out_dir` atomically.
 
-    `scorer`: a `prm.StepScorer`, or the directory of a saved PRM (what `launch.train` passes).
+    `scorer`: a `prm.StepScorer`, or the directory of a saved PRM (what `launch.train` passes), which
+    then needs `prm_max_length` (`prm.max_length`).
     """
     import datasets
     from trl import GRPOConfig, GRPOTrainer
@@ -74,7 +76,9 @@ def train_grpo(questions: list[Question], student: str, scorer, out_dir: str | P
     if isinstance(scorer, (str, Path)):
         from agentark_utils.prm import StepScorer
 
-        scorer = StepScorer(str(scorer), device, trust_remote_code=trust_remote_code)
+        if prm_max_length is None:
+            raise ValueError("a PRM directory as scorer needs prm_max_length (prm.max_length)")
+        scorer = StepScorer(str(scorer), device, max_length=prm_max_length, trust_remote_code=trust_remote_code)
     funcs, weights = build_rewards({"prm": params.prm_reward_weight, "answer": params.answer_reward_weight},
                                    scorer, params.aggregation)
     use_vllm = torch_device(device).startswith("cuda") and importlib.util.find_spec("vllm") is not None

@@ -267,9 +267,13 @@ def train_prm(traces: list[StepTrace], prompts: dict[str, str], base_model: str,
 # --- scoring ----------------------------------------------------------------------------------
 
 class StepScorer:
-    """Scores the steps of (prompt, steps) pairs with a saved PRM: sigma(R) per step, in batches."""
+    """Scores the steps of (prompt, steps) pairs with a saved PRM: sigma(R) per step, in batches.
 
-    def __init__(self, prm_dir: str, device: str = "auto", batch_size: int = 16, max_length: int = 1024,
+    `max_length` is `prm.max_length` (config.PRMParams), required so that no default here can
+    differ from the config: steps past it get no score (for GRPO: no reward).
+    """
+
+    def __init__(self, prm_dir: str, device: str = "auto", batch_size: int = 16, *, max_length: int,
                  trust_remote_code: bool = False):
         from agentark_utils.models import torch_device
 
