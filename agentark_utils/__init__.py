@@ -13,6 +13,7 @@ One module per concept of the paper (arXiv 2602.03955):
 - ``evaluation`` one greedy generation per test question, graded, with cost
 - ``metrics``   accuracy with Wilson CIs, paired differences (Newcombe CI, McNemar), cost per question
 - ``store``     append-only JSONL that survives interruption, atomic JSON writes
+- ``runs``      content fingerprints: what a stored result was made from, and resume that never reuses a stale one
 - ``plots``     the seaborn figures
 - ``stages``    runs a stage's notebook with Papermill after validating params.yaml
 """

@@ -209,6 +209,8 @@ def run_debate(splits: dict[str, list[Question]], backend: Backend, cfg: DebateP
     ordered = [(split, q) for split, qs in splits.items() for q in qs]
     expected = {q.id: record_fingerprint(run_fingerprint, q) for _, q in ordered}
     done = {r["id"] for r in resume_jsonl(records_path, lambda r: expected.get(r["id"]))}
+    if not ordered:
+        return []
 
     chunks = [ordered[i : i + cfg.chunk_size] for i in range(0, len(ordered), cfg.chunk_size)]
     bar = tqdm(total=len(ordered), initial=sum(q.id in done for _, q in ordered), desc="questions", unit="q")

@@ -45,7 +45,8 @@ import torch.nn.functional as F
 
 from agentark_utils.config import SFTParams
 from agentark_utils.extraction import Example
-from agentark_utils.training import (fingerprint, prepare_checkpoints, remove_checkpoints,
+from agentark_utils.runs import fingerprint, path_digest
+from agentark_utils.training import (prepare_checkpoints, remove_checkpoints,
                                      stop_on_non_finite_callback)
 
 
@@ -136,7 +137,7 @@ def _trainer_class():
 
 
 def _fingerprint(examples: list[Example], base_model: str, params: SFTParams) -> str:
-    return fingerprint(base_model, params.model_dump(), [e.to_dict() for e in examples])
+    return fingerprint(path_digest(base_model), params.model_dump(), [e.to_dict() for e in examples])
 
 
 def train_sft(examples: list[Example], base_model: str, out_dir: str | Path, params: SFTParams,

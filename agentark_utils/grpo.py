@@ -19,9 +19,9 @@ from pathlib import Path
 
 from agentark_utils.config import GRPOParams
 from agentark_utils.debate import question_prompt
-from agentark_utils.runs import path_digest
+from agentark_utils.runs import fingerprint, path_digest
 from agentark_utils.tasks import Question
-from agentark_utils.training import (fingerprint, prepare_checkpoints, remove_checkpoints,
+from agentark_utils.training import (prepare_checkpoints, remove_checkpoints,
                                      stop_on_non_finite_callback)
 
 # What TRL logs per step, renamed for the tables and plots.
@@ -72,7 +72,8 @@ def train_grpo(questions: list[Question], student: str, scorer, out_dir: str | P
     ckpt_dir = out_dir.with_name(out_dir.name + ".checkpoints")
     # The reward model is part of what a checkpoint was trained against: a changed PRM restarts.
     resume = prepare_checkpoints(ckpt_dir, fingerprint(path_digest(student), params.model_dump(),
-                                                       [q.to_dict() for q in questions], path_digest(scorer_dir(scorer))))
+                                                       [q.to_dict() for q in questions], path_digest(scorer_dir(scorer)),
+                                                       prm_max_length))
     if isinstance(scorer, (str, Path)):
         from agentark_utils.prm import StepScorer
 

@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from agentark_utils.config import PRMParams
+from agentark_utils.runs import fingerprint, path_digest
 from agentark_utils.steps import STEP_SEPARATOR, StepTrace
-from agentark_utils.training import (fingerprint, prepare_checkpoints, remove_checkpoints,
+from agentark_utils.training import (prepare_checkpoints, remove_checkpoints,
                                      stop_on_non_finite_callback)
 
 
@@ -222,7 +223,7 @@ def train_prm(traces: list[StepTrace], prompts: dict[str, str], base_model: str,
         raise ValueError("no labelled step traces: no training question has both a correct and a wrong debate trace")
     out_dir = Path(out_dir)
     ckpt_root = out_dir.with_name(out_dir.name + ".checkpoints")
-    run_id = fingerprint(base_model, params.model_dump(), [t.to_dict() for t in traces], prompts)
+    run_id = fingerprint(path_digest(base_model), params.model_dump(), [t.to_dict() for t in traces], prompts)
     prepare_checkpoints(ckpt_root, run_id)  # a root from other data or settings is started afresh
     stage1_done = ckpt_root / "stage1-model"
 

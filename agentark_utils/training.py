@@ -15,8 +15,6 @@ import math
 import shutil
 from pathlib import Path
 
-from agentark_utils.runs import fingerprint  # noqa: F401  (the trainers stamp checkpoints with it)
-
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""

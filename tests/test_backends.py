@@ -65,7 +65,6 @@ class CountingLM:
 
 
 def test_decode_batch_drops_a_row_once_it_stops():
-    import torch
 
     model = CountingLM()
     new = decode_batch(model, [[10], [5, 20], [30]], pad_id=0, max_new_tokens=5, stop_ids=[12, 31], temperature=0.0)

@@ -2,7 +2,8 @@
 
 import pytest
 
-from agentark_utils.training import fingerprint, last_complete_checkpoint, prepare_checkpoints
+from agentark_utils.runs import fingerprint
+from agentark_utils.training import last_complete_checkpoint, prepare_checkpoints
 
 
 WHOLE = '{"global_step": %d}'
