@@ -278,7 +278,7 @@ def test_vote_grades_the_canonical_answer_flexibly_and_strictly(texts, expected)
 def test_summarize_calls_reports_strict_accuracy_and_which_extractor_fired():
     q = _rg("chain_sum", "18")
     calls = [_call(q, t) for t in ("Final Answer: 18", "\\boxed{18}", "so 18", "The answer is 7", "no idea")]
-    summary = metrics.summarize_calls(calls, [[c] for c in calls], n_boot=10)
+    summary = metrics.summarize_calls(calls, [[c] for c in calls])
     assert summary["accuracy"] == pytest.approx(3 / 5)
     assert summary["strict_accuracy"] == pytest.approx(2 / 5)
     assert {k: v for k, v in summary.items() if k.startswith("extractor_")} == {
@@ -293,7 +293,7 @@ def test_evaluate_grid_results_carry_strict_accuracy(monkeypatch):
     monkeypatch.setattr(evaluation, "greedy_answers",
                         lambda models, prompts, *args, **kwargs: {"m": [Generation(t, 10, 5, 0.5) for t in texts]})
     sets = {"in": [_rg("basic_arithmetic", "18"), _rg("chain_sum", "18")]}
-    predictions, (result,) = evaluation.evaluate_grid({"m": "unused"}, sets, None, max_new_tokens=4, n_boot=10,
+    predictions, (result,) = evaluation.evaluate_grid({"m": "unused"}, sets, None, max_new_tokens=4,
                                                      baseline=None)
     assert [p["extractor"] for p in predictions] == ["final_answer", "last_number"]
     assert (result["accuracy"], result["strict_accuracy"]) == (1.0, 0.5)

@@ -66,7 +66,8 @@ def test_wilson_interval_matches_newcombe_table_1(successes, n, low, high):
 
 def test_accuracy_ci_does_not_collapse_at_small_counts():
     """2 of 32 correct: the percentile bootstrap gave [0, 0.156], as if 0 % were plausible."""
-    summary = metrics.summarize_calls(["correct"] * 2 + ["wrong"] * 29 + ["unparsed"], [[]] * 32)
+    outcomes = [{"status": s} for s in ["correct"] * 2 + ["wrong"] * 29 + ["unparsed"]]
+    summary = metrics.summarize_calls(outcomes, [[]] * 32)
     assert summary["accuracy"] == 2 / 32
     # Wilson by hand: centre (2 + z^2/2) / (32 + z^2), half-width z sqrt(2 * 30 / 32 + z^2 / 4) / (32 + z^2)
     assert summary["ci95"] == pytest.approx([0.0173, 0.2015], abs=1e-4)
