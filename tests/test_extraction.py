@@ -24,7 +24,9 @@ def record(rounds, qid="q", split="train", summary="correct", single="wrong", sa
             "single": call(single, "single agent: Final Answer: 5" if single == "correct" else None),
             "self_consistency": {"samples": [call(s, f"sample {i}\nFinal Answer: 5" if s == "correct" else None)
                                              for i, s in enumerate(samples)]},
-            "debate": {"rounds": [[call(s, t) for s, t in r] for r in rounds],
+            # each agent words its default solution its own way: distinct traces, as real agents write
+            "debate": {"rounds": [[call(s, t or (f"agent {j} works it out\nFinal Answer: 5" if s == "correct" else None))
+                                   for j, (s, t) in enumerate(r)] for r in rounds],
                        "summarizer": call(summary, "summary: Final Answer: 5") if summary else None}}
 
 
@@ -181,5 +183,5 @@ def test_build_examples_and_stats_agree():
     stats = extraction.extraction_stats(records, 2, examples)
     assert stats["n_kept"] == 1 and stats["n_dropped_fewer_than_min_correct"] == 1
     assert stats["corrective_traces"] == 1 and stats["kept_questions_with_corrective_trace"] == 1
-    assert stats["rows"]["da"] == 1 and stats["questions"]["da"] == 1  # the agents' texts are all the same
-    assert stats["duplicate_clean_traces"] == 2
+    assert stats["rows"]["da"] == 2 and stats["questions"]["da"] == 1
+    assert stats["duplicate_clean_traces"] == 0
