@@ -92,6 +92,9 @@ class DebateParams(_Section):
     max_new_tokens: int = Field(ge=1)
     early_stop: bool = True
     summarizer: bool = True
+    # The summarizer only chooses among the agents' answers (where they disagree): a short budget.
+    summarizer_max_new_tokens: int = Field(default=48, ge=1)
+    peer_view: Literal["full", "final_line"] = "full"  # what an agent sees of its peers in round k > 1
     # None: match the debate's call budget, n_agents * rounds (+1 with the summarizer).
     self_consistency_samples: int | None = Field(default=None, ge=1)
     chunk_size: int = Field(default=16, ge=1)

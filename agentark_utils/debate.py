@@ -1,8 +1,15 @@
 """Phase 1: multi-agent debate (Du et al. style), with the single-agent and self-consistency baselines.
 
 n agents share one model but keep their own contexts. Round 1: each answers independently.
-Round k > 1: each sees its peers' previous answers and revises. A question stops early once every
-agent states the same answer; a summarizer then reads the final solutions and gives the answer.
+Round k > 1: each sees its peers' previous answers (their whole solutions or only their final
+answers, `debate.peer_view`) and revises. A question stops early once every agent states the same
+answer. The debate's answer: the agents' consensus where they agree; otherwise a summarizer, with
+its own token budget, chooses among the agents' final answers, and where it states no answer the
+final-round majority vote stands. The majority vote (Du et al.'s metric) is reported beside it.
+
+Baselines on the same questions: a greedy single agent (how students are evaluated), a single
+agent sampled at the debate's temperature (to separate protocol from sampling effects) and, on
+held-out splits only (no analysis reads them on training questions), self-consistency.
 
 Every round of every agent is saved (text, extracted answer, grade, tokens, latency): the
 extraction stage needs the early rounds to find corrective (wrong, then right) traces.
@@ -17,6 +24,8 @@ do not depend on the chunk or batch a question lands in.
 
 from __future__ import annotations
 
+import re
+from functools import lru_cache
 from pathlib import Path
 
 from tqdm import tqdm
@@ -32,7 +41,7 @@ from agentark_utils.tasks import Question
 # Each call of a chunk draws from its own seed stream (row_seeds hashes the call seed with the
 # conversation): self-consistency samples and round-1 agents read the same prompt and must not
 # share samples.
-SEED_OFFSETS = {"single": 0, "self_consistency": 1, "summarizer": 2, "round": 3}  # round r: 3 + r
+SEED_OFFSETS = {"single": 0, "self_consistency": 1, "summarizer": 2, "single_sampled": 3, "round": 4}  # round r: 4 + r
 
 # "a blank line between steps" is steps.STEP_SEPARATOR: the PRM and GRPO cut traces there.
 INSTRUCTIONS = {
@@ -68,11 +77,60 @@ def revision_prompt(q: Question, peer_texts: list[str]) -> str:
 
 
 def summarizer_prompt(q: Question, final_texts: list[str]) -> str:
-    """The summarizer reads every agent's final solution, then the problem (last, as small models need)."""
+    """The summarizer is asked to choose among the agents' answers, not to solve the problem again;
+    the problem comes last, as small models need."""
     return (
-        f"Here are the final solutions of several agents to a problem:\n\n{_solutions(final_texts, 'Solution')}\n\n"
-        f"Reason over them carefully and decide the correct final answer.\n{question_prompt(q)}"
+        f"Several agents solved a problem. Their final solutions:\n\n{_solutions(final_texts, 'Solution')}\n\n"
+        f"Problem: {q.question}\n"
+        "Which of their answers is correct? Check their steps, choose one of the agents' answers, and write it "
+        "on the last line as 'Final Answer: <answer>'."
     )
+
+
+def rendered_prompts() -> list[str]:
+    """Every prompt rendered on a probe question (placeholders PROBLEM, PEER, FINAL): any change in
+    their wording changes the fingerprint, and `echoes_prompt` spots outputs that repeat them."""
+    probe = Question("probe", "probe", "PROBLEM", "0", "number")
+    choice = Question("probe", "probe", "PROBLEM", "A", "choice", ["x", "y"])
+    return [question_prompt(probe), question_prompt(choice), revision_prompt(probe, ["PEER"]),
+            revision_prompt(probe, []), summarizer_prompt(probe, ["FINAL"])]
+
+
+ECHO_NGRAM = 6  # six consecutive words of an instruction: long enough that no real solution says them
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+@lru_cache(maxsize=1)
+def _prompt_ngrams() -> frozenset[tuple[str, ...]]:
+    placeholders = {"problem", "peer", "final"}  # the probe question's stand-ins, not instructions
+    grams = set()
+    for prompt in rendered_prompts():
+        words = [w for w in _words(prompt) if w not in placeholders]
+        grams.update(tuple(words[i : i + ECHO_NGRAM]) for i in range(len(words) - ECHO_NGRAM + 1))
+    return frozenset(grams)
+
+
+def echoes_prompt(text: str) -> bool:
+    """True if the text repeats a run of the prompts' instructions (a small model often copies the
+    revision prompt into its answer)."""
+    words = _words(text)
+    return any(tuple(words[i : i + ECHO_NGRAM]) in _prompt_ngrams() for i in range(len(words) - ECHO_NGRAM + 1))
+
+
+def strip_echoes(text: str) -> str:
+    """The text without the lines that echo the prompts: what peers and the summarizer read."""
+    return "\n".join(line for line in text.splitlines() if not echoes_prompt(line)).strip()
+
+
+def peer_text(call: dict, view: str) -> str:
+    """What the other agents (and the summarizer) see of a call: its whole solution, echoes
+    stripped, or only its final answer."""
+    if view == "final_line":
+        return f"Final Answer: {call['answer']}" if call["answer"] is not None else "(no answer)"
+    return strip_echoes(call["text"]) or "(no answer)"
 
 
 def _user(text: str) -> dict:
@@ -108,18 +166,22 @@ def _consensus(calls: list[dict]) -> bool:
     return len(keys) == 1 and None not in keys
 
 
-def debate_chunk(questions: list[Question], backend: Backend, cfg: DebateParams, seed: int) -> list[dict]:
+def debate_chunk(questions: list[Question], backend: Backend, cfg: DebateParams, seed: int,
+                 self_consistency: bool = True) -> list[dict]:
     """Run the baselines and the debate on a chunk of questions; one record per question."""
     gen = dict(max_new_tokens=cfg.max_new_tokens)
     first = [[_user(question_prompt(q))] for q in questions]
 
-    # Single agent: one greedy call, the way distilled students are evaluated.
+    # Single agent: one greedy call, the way distilled students are evaluated; and one sample at the
+    # debate's temperature, which the debate's agents also draw.
     single = backend.generate(first, temperature=0.0, seed=seed + SEED_OFFSETS["single"], desc="single", **gen)
+    sampled = backend.generate(first, temperature=cfg.temperature, seed=seed + SEED_OFFSETS["single_sampled"],
+                               desc="single (sampled)", **gen)
 
     # Self-consistency: as many samples as the debate's call budget, then a majority vote.
-    k = cfg.sc_samples
+    k = cfg.sc_samples if self_consistency else 0
     sc = backend.generate([c for c in first for _ in range(k)], temperature=cfg.temperature,
-                          seed=seed + SEED_OFFSETS["self_consistency"], desc="self-consistency", **gen)
+                          seed=seed + SEED_OFFSETS["self_consistency"], desc="self-consistency", **gen) if k else []
 
     n = cfg.n_agents
     contexts = [[list(c) for _ in range(n)] for c in first]
@@ -129,7 +191,7 @@ def debate_chunk(questions: list[Question], backend: Backend, cfg: DebateParams,
     for r in range(cfg.rounds):
         if r > 0:
             for qi in active:
-                previous = [c["text"] for c in rounds[qi][-1]]
+                previous = [peer_text(c, cfg.peer_view) for c in rounds[qi][-1]]
                 for i in range(n):
                     contexts[qi][i].append(_user(revision_prompt(questions[qi], previous[:i] + previous[i + 1:])))
         outs = backend.generate([contexts[qi][i] for qi in active for i in range(n)], temperature=cfg.temperature,
@@ -141,49 +203,49 @@ def debate_chunk(questions: list[Question], backend: Backend, cfg: DebateParams,
                 contexts[qi][i].append({"role": "assistant", "content": out.text})
                 calls.append(graded_call(questions[qi], out))
             rounds[qi].append(calls)
+            if consensus_round[qi] is None and _consensus(calls):
+                consensus_round[qi] = r + 1
         if cfg.early_stop:
-            for qi in active:
-                if consensus_round[qi] is None and _consensus(rounds[qi][-1]):
-                    consensus_round[qi] = r + 1
             active = [qi for qi in active if consensus_round[qi] is None]
         if not active:
             break
 
-    summaries: list[Generation | None] = [None] * len(questions)
-    if cfg.summarizer:
-        prompts = [[_user(summarizer_prompt(q, [c["text"] for c in rounds[qi][-1]]))] for qi, q in enumerate(questions)]
-        summaries = backend.generate(prompts, temperature=0.0, seed=seed + SEED_OFFSETS["summarizer"],
-                                     desc="summarizer", **gen)
+    # The summarizer is asked only where the final round disagrees: a consensus stands.
+    disputed = [qi for qi in range(len(questions)) if not _consensus(rounds[qi][-1])] if cfg.summarizer else []
+    summaries: dict[int, Generation] = {}
+    if disputed:
+        prompts = [[_user(summarizer_prompt(questions[qi], [peer_text(c, "full") for c in rounds[qi][-1]]))]
+                   for qi in disputed]
+        outs = backend.generate(prompts, temperature=0.0, seed=seed + SEED_OFFSETS["summarizer"], desc="summarizer",
+                                max_new_tokens=cfg.summarizer_max_new_tokens)
+        summaries = dict(zip(disputed, outs))
 
     records = []
     for qi, q in enumerate(questions):
-        finals = rounds[qi][-1]
-        summary = graded_call(q, summaries[qi]) if summaries[qi] is not None else None
-        majority_vote = vote(q, finals)
+        majority_vote = vote(q, rounds[qi][-1])
+        summary = graded_call(q, summaries[qi]) if qi in summaries else None
+        if summary is None:
+            final = {**majority_vote, "source": "consensus" if qi not in disputed and cfg.summarizer else "majority"}
+        elif summary["status"] == "unparsed":
+            final = {**majority_vote, "source": "majority (summarizer stated no answer)"}
+        else:
+            final = {**{key: summary[key] for key in ("answer", "status", "strict_status")}, "source": "summarizer"}
         samples = [graded_call(q, g) for g in sc[qi * k : (qi + 1) * k]]
         records.append({
             "id": q.id,
             "question": q.to_dict(),
             "single": graded_call(q, single[qi]),
-            "self_consistency": {"samples": samples, **vote(q, samples)},
+            "single_sampled": graded_call(q, sampled[qi]),
+            "self_consistency": {"samples": samples, **vote(q, samples)} if k else None,
             "debate": {
                 "rounds": rounds[qi],
                 "consensus_round": consensus_round[qi],
                 "summarizer": summary,
                 "majority": majority_vote,
-                "final": {k: summary[k] for k in ("answer", "status", "strict_status")} if summary else majority_vote,
+                "final": final,
             },
         })
     return records
-
-
-def rendered_prompts() -> list[str]:
-    """Every prompt rendered on a probe question (placeholders PROBLEM, PEER, FINAL): any change in
-    their wording changes the fingerprint, and extraction spots outputs that echo them."""
-    probe = Question("probe", "probe", "PROBLEM", "0", "number")
-    choice = Question("probe", "probe", "PROBLEM", "A", "choice", ["x", "y"])
-    return [question_prompt(probe), question_prompt(choice), revision_prompt(probe, ["PEER"]),
-            revision_prompt(probe, []), summarizer_prompt(probe, ["FINAL"])]
 
 
 def fingerprint(*sections) -> str:
@@ -212,17 +274,19 @@ def run_debate(splits: dict[str, list[Question]], backend: Backend, cfg: DebateP
     if not ordered:
         return []
 
-    chunks = [ordered[i : i + cfg.chunk_size] for i in range(0, len(ordered), cfg.chunk_size)]
+    # Chunks never mix splits: training questions skip self-consistency, which no analysis reads.
+    chunks = [(split, qs[i : i + cfg.chunk_size]) for split, qs in splits.items()
+              for i in range(0, len(qs), cfg.chunk_size)]
     bar = tqdm(total=len(ordered), initial=sum(q.id in done for _, q in ordered), desc="questions", unit="q")
-    for chunk in chunks:
-        todo = [(split, q) for split, q in chunk if q.id not in done]
+    for split, chunk in chunks:
+        todo = [q for q in chunk if q.id not in done]
         if not todo:
             continue
-        made = debate_chunk([q for _, q in todo], backend, cfg, seed=cfg.seed)
-        for (split, q), record in zip(todo, made):
+        made = debate_chunk(todo, backend, cfg, seed=cfg.seed, self_consistency=split != "train")
+        for q, record in zip(todo, made):
             record.update(split=split, fingerprint=expected[q.id])
         append_jsonl(records_path, made)
-        done.update(q.id for _, q in todo)
+        done.update(q.id for q in todo)
         bar.update(len(todo))
     bar.close()
 

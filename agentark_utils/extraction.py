@@ -24,10 +24,9 @@ import random
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from typing import Protocol
 
-from agentark_utils.debate import question_prompt, rendered_prompts
+from agentark_utils.debate import echoes_prompt, question_prompt
 from agentark_utils.tasks import Question
 
 
@@ -59,30 +58,6 @@ def corrective_agents(record: dict) -> list[int]:
 
 
 # --- clean traces -----------------------------------------------------------------------------
-
-ECHO_NGRAM = 6  # six consecutive words of an instruction: long enough that no real solution says them
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", text.lower())
-
-
-@lru_cache(maxsize=1)
-def _prompt_ngrams() -> frozenset[tuple[str, ...]]:
-    placeholders = {"problem", "peer", "final"}  # the probe question's stand-ins, not instructions
-    grams = set()
-    for prompt in rendered_prompts():
-        words = [w for w in _words(prompt) if w not in placeholders]
-        grams.update(tuple(words[i : i + ECHO_NGRAM]) for i in range(len(words) - ECHO_NGRAM + 1))
-    return frozenset(grams)
-
-
-def echoes_prompt(text: str) -> bool:
-    """True if the text repeats a run of the debate prompts' instructions (a small model often
-    copies the revision prompt into its answer)."""
-    words = _words(text)
-    return any(tuple(words[i : i + ECHO_NGRAM]) in _prompt_ngrams() for i in range(len(words) - ECHO_NGRAM + 1))
-
 
 def unclean_reason(call: dict) -> str | None:
     """Why a correct call's text must not become a training target, or None if it is clean."""
@@ -250,13 +225,15 @@ def answer_only_examples(records: list[dict]) -> list[Example]:
 
 
 def single_agent_cot_examples(records: list[dict]) -> list[Example]:
-    """Baseline: the single agent's own clean correct trace (its greedy answer, else a
-    self-consistency sample): self-training with no debate. Questions without one are skipped."""
+    """Baseline: the single agent's own clean correct trace (its greedy answer, else its sample at
+    the debate's temperature, else a self-consistency sample where the split has them):
+    self-training with no debate. Questions without one are skipped."""
     out = []
     for r in records:
         q = Question.from_dict(r["question"])
-        candidates = [("single", r["single"])] + [(f"sample {i + 1}", s)
-                                                  for i, s in enumerate(r["self_consistency"]["samples"])]
+        samples = (r.get("self_consistency") or {}).get("samples", [])
+        sampled = [("single sampled", r["single_sampled"])] if "single_sampled" in r else []
+        candidates = [("single", r["single"])] + sampled + [(f"sample {i + 1}", s) for i, s in enumerate(samples)]
         found = next(((name, c) for name, c in candidates if c["status"] == "correct" and unclean_reason(c) is None),
                      None)
         if found:

@@ -18,7 +18,9 @@ import pandas as pd
 
 from agentark_utils.answers import EXTRACTORS
 
-SYSTEMS = ("single", "self_consistency", "debate")
+# The debate stage's systems: single agent (greedy, and sampled at the debate's temperature),
+# self-consistency (held-out splits only), the debate's final answer and its final-round majority.
+SYSTEMS = ("single", "single_sampled", "self_consistency", "debate", "debate_majority")
 
 
 def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> list[float]:
@@ -85,21 +87,22 @@ def paired_difference_ci(both: int, only_a: int, only_b: int, neither: int, leve
 
 def system_calls(record: dict, system: str) -> list[dict]:
     """Every generation call a system made for one question."""
-    if system == "single":
-        return [record["single"]]
+    if system in ("single", "single_sampled"):
+        return [record[system]]
     if system == "self_consistency":
         return record["self_consistency"]["samples"]
     debate = record["debate"]
     calls = [c for round_calls in debate["rounds"] for c in round_calls]
-    return calls + ([debate["summarizer"]] if debate["summarizer"] else [])
+    return calls + ([debate["summarizer"]] if debate["summarizer"] and system == "debate" else [])
 
 
-def system_outcome(record: dict, system: str) -> dict:
-    if system == "single":
-        return record["single"]
+def system_outcome(record: dict, system: str) -> dict | None:
+    """A system's graded answer to one question; None where the system did not run on it."""
+    if system in ("single", "single_sampled"):
+        return record.get(system)
     if system == "self_consistency":
-        return record["self_consistency"]
-    return record["debate"]["final"]
+        return record.get("self_consistency")
+    return record["debate"]["final" if system == "debate" else "majority"]
 
 
 def summarize_calls(outcomes: list[dict], calls: list[list[dict]]) -> dict:
@@ -133,9 +136,10 @@ def summarize_calls(outcomes: list[dict], calls: list[list[dict]]) -> dict:
 
 
 def summarize(records: list[dict], system: str) -> dict:
-    """`summarize_calls` for one system of the debate stage."""
-    return summarize_calls([system_outcome(r, system) for r in records],
-                           [system_calls(r, system) for r in records])
+    """`summarize_calls` for one system of the debate stage, over the questions it ran on (n)."""
+    ran = [r for r in records if system_outcome(r, system) is not None]
+    return {"n": len(ran), **summarize_calls([system_outcome(r, system) for r in ran],
+                                             [system_calls(r, system) for r in ran])}
 
 
 def wrong_to_right(record: dict) -> bool:
@@ -153,6 +157,8 @@ def debate_metrics(records: list[dict]) -> dict:
         out["n_questions"] = len(subset)
         out["wrong_to_right_fraction"] = sum(map(wrong_to_right, subset)) / max(len(subset), 1)
         out["consensus_fraction"] = sum(r["debate"]["consensus_round"] is not None for r in subset) / max(len(subset), 1)
+        # where the debate's final answer came from: consensus, the summarizer, or the majority fallback
+        out["final_source"] = dict(Counter(r["debate"]["final"].get("source", "unrecorded") for r in subset))
         return out
 
     result = block(records)
@@ -220,6 +226,52 @@ def mcnemar_p(only_a: int, only_b: int) -> float:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n
     return min(1.0, 2 * tail)
+
+
+def _binomial_pmf(d: int, p: float) -> np.ndarray:
+    """P(X = k) for k = 0..d, X ~ Binomial(d, p)."""
+    k = np.arange(d + 1)
+    if p <= 0 or p >= 1:
+        return (k == (0 if p <= 0 else d)).astype(float)
+    log_comb = np.array([math.lgamma(d + 1) - math.lgamma(i + 1) - math.lgamma(d - i + 1) for i in k])
+    return np.exp(log_comb + k * math.log(p) + (d - k) * math.log1p(-p))
+
+
+def mcnemar_power(n: int, discordance: float, difference: float, alpha: float = 0.05) -> float:
+    """Power of the exact two-sided McNemar test (`mcnemar_p`) at level alpha, for n paired questions
+    of which a share `discordance` is discordant, and a true accuracy difference `difference`.
+
+    Given d discordant pairs, those the first model gets right are Binomial(d, (1 + diff/disc) / 2);
+    the test rejects at the counts whose exact p-value is <= alpha. Summed over d ~ Binomial(n, disc).
+    """
+    if not 0 <= abs(difference) <= discordance <= 1:
+        raise ValueError(f"need |difference| <= discordance <= 1, got {difference} and {discordance}")
+    share = 0.5 if discordance == 0 else (1 + difference / discordance) / 2
+    power = 0.0
+    for d, p_d in enumerate(_binomial_pmf(n, discordance)):
+        if p_d < 1e-12 or d == 0:
+            continue
+        null_cdf = np.cumsum(_binomial_pmf(d, 0.5))
+        lower = np.nonzero(2 * null_cdf <= alpha)[0]  # b with an exact two-sided p-value <= alpha, b < d/2
+        if lower.size == 0:
+            continue
+        c = int(lower[-1])
+        pmf = _binomial_pmf(d, share)
+        power += p_d * (pmf[: c + 1].sum() + pmf[d - c :].sum())
+    return float(power)
+
+
+def minimum_detectable_effect(n: int, discordance: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest accuracy difference the exact McNemar test detects with the given power, for n
+    paired questions at the given discordance rate (NaN if even a difference equal to the
+    discordance, every discordant pair one way, is not detected)."""
+    if mcnemar_power(n, discordance, discordance, alpha) < power:
+        return float("nan")
+    low, high = 0.0, discordance
+    for _ in range(40):  # bisection: power grows with the difference
+        mid = (low + high) / 2
+        low, high = (low, mid) if mcnemar_power(n, discordance, mid, alpha) >= power else (mid, high)
+    return high
 
 
 def paired_comparison(model: Sequence[bool], base: Sequence[bool]) -> dict:

@@ -23,7 +23,8 @@ class ScriptedBackend:
         self.calls: list[dict] = []
 
     def generate(self, conversations, *, temperature, max_new_tokens, seed, desc="generate"):
-        self.calls.append({"desc": desc, "conversations": conversations, "temperature": temperature, "seed": seed})
+        self.calls.append({"desc": desc, "conversations": conversations, "temperature": temperature, "seed": seed,
+                           "max_new_tokens": max_new_tokens})
         return [Generation(self.script(c, i, temperature), 10 * len(c), 5, 0.01) for i, c in enumerate(conversations)]
 
 
@@ -42,9 +43,11 @@ def test_agents_that_agree_in_round_one_stop_early():
     debate = record["debate"]
     assert debate["consensus_round"] == 1
     assert len(debate["rounds"]) == 1 and len(debate["rounds"][0]) == 3
-    assert debate["final"] == {"answer": "5", "status": "correct", "strict_status": "correct"}
-    assert [c["desc"] for c in backend.calls] == ["single", "self-consistency", "debate round 1", "summarizer"]
-    assert metrics.system_calls(record, "debate").__len__() == 4  # 3 agents + summarizer
+    # a consensus stands: no summarizer is asked
+    assert debate["final"] == {"answer": "5", "status": "correct", "strict_status": "correct", "source": "consensus"}
+    assert debate["summarizer"] is None
+    assert [c["desc"] for c in backend.calls] == ["single", "single (sampled)", "self-consistency", "debate round 1"]
+    assert len(metrics.system_calls(record, "debate")) == 3
 
 
 def test_peers_answers_reach_each_agent_and_a_wrong_agent_can_correct_itself():
@@ -87,8 +90,9 @@ def test_without_early_stop_every_round_runs_and_unparsed_is_not_consensus():
 def test_baselines_single_is_greedy_and_self_consistency_matches_the_call_budget():
     backend = ScriptedBackend(lambda c, i, t: "Final Answer: 5" if i % 2 else "Final Answer: 4")
     records = debate_chunk([Q1, Q2], backend, cfg(n_agents=2, rounds=2), seed=0)
-    single, sc = backend.calls[0], backend.calls[1]
+    single, sampled, sc = backend.calls[:3]
     assert single["temperature"] == 0.0 and len(single["conversations"]) == 2
+    assert sampled["temperature"] == 0.7 and records[0]["single_sampled"]["status"] in {"correct", "wrong"}
     assert sc["temperature"] == 0.7 and len(sc["conversations"]) == 2 * (2 * 2 + 1)
     assert len(records[0]["self_consistency"]["samples"]) == 5
     # the sample list alternates 4, 5, 4, 5, 4 for q1 -> majority 4 (wrong)
@@ -99,8 +103,52 @@ def test_without_summarizer_the_final_answer_is_the_majority_vote():
     script = lambda c, i, t: "Final Answer: 5" if i % 3 else "Final Answer: 7"  # noqa: E731
     (record,) = debate_chunk([Q1], ScriptedBackend(script), cfg(summarizer=False, early_stop=False, rounds=1), seed=0)
     assert record["debate"]["summarizer"] is None
-    assert record["debate"]["final"] == record["debate"]["majority"] == {"answer": "5", "status": "correct",
-                                                                          "strict_status": "correct"}
+    assert record["debate"]["majority"] == {"answer": "5", "status": "correct", "strict_status": "correct"}
+    assert record["debate"]["final"] == {**record["debate"]["majority"], "source": "majority"}
+
+
+def disputed(c, i, t):
+    """Agents that disagree in every round (2 say 5, 1 says 7) and echo the revision prompt."""
+    if "Which of their answers is correct" in c[-1]["content"]:
+        return SUMMARY
+    echo = "Use them as additional advice: look for mistakes in their reasoning and in yours.\n"
+    return echo + ("Final Answer: 5" if i % 3 else "Final Answer: 7")
+
+
+SUMMARY = "Solution 2 is right.\nFinal Answer: 5"
+
+
+@pytest.mark.parametrize("summary, final", [
+    ("Solution 2 is right.\nFinal Answer: 5", {"answer": "5", "status": "correct", "source": "summarizer"}),
+    ("Solution 1 is right.\nFinal Answer: 7", {"answer": "7", "status": "wrong", "source": "summarizer"}),
+    ("I'm ready to help. What's your next question?",  # states nothing: the majority stands
+     {"answer": "5", "status": "correct", "source": "majority (summarizer stated no answer)"}),
+])
+def test_the_summarizer_chooses_only_where_agents_disagree(monkeypatch, summary, final):
+    monkeypatch.setattr(__import__(__name__), "SUMMARY", summary)
+    backend = ScriptedBackend(disputed)
+    (record,) = debate_chunk([Q1], backend, cfg(rounds=2, summarizer_max_new_tokens=7), seed=0)
+    assert {k: record["debate"]["final"][k] for k in final} == final
+    assert record["debate"]["majority"]["answer"] == "5"
+    (call,) = [c for c in backend.calls if c["desc"] == "summarizer"]
+    assert call["max_new_tokens"] == 7  # its own budget, not the agents'
+    prompt = call["conversations"][0][-1]["content"]
+    assert "additional advice" not in prompt  # the agents' echoes of the revision prompt are stripped
+    assert "Final Answer: 7" in prompt and Q1.question in prompt
+
+
+def test_peer_view_final_line_shows_only_the_peers_answers():
+    backend = ScriptedBackend(lambda c, i, t: f"long reasoning {i}\nFinal Answer: {5 if i % 3 else 7}")
+    debate_chunk([Q1], backend, cfg(rounds=2, peer_view="final_line"), seed=0)
+    round2 = next(c for c in backend.calls if c["desc"] == "debate round 2")["conversations"]
+    peers = round2[0][2]["content"]  # the revision turn of agent 1
+    assert "Final Answer: 5" in peers and "long reasoning" not in peers
+
+
+def test_consensus_is_recorded_without_early_stop():
+    (record,) = debate_chunk([Q1], ScriptedBackend(lambda c, i, t: "Final Answer: 5"),
+                             cfg(rounds=2, early_stop=False), seed=0)
+    assert len(record["debate"]["rounds"]) == 2 and record["debate"]["consensus_round"] == 1
 
 
 def test_all_questions_of_a_round_go_through_one_batched_call():
@@ -121,7 +169,10 @@ def test_run_debate_resumes_skips_finished_ids_and_drops_other_settings(tmp_path
     n_calls = len(backend.calls)
     both = run_debate({"train": [Q2], "test": [Q1]}, backend, params, path, key)
     assert [r["id"] for r in both] == ["q2", "q1"]
-    assert len(backend.calls) - n_calls == 4  # only q2 was debated: single, sc, round 1, summarizer
+    # only q2 was debated, a training question: single, sampled single, round 1 (consensus); no
+    # self-consistency on training questions and no summarizer after a consensus
+    assert [c["desc"] for c in backend.calls[n_calls:]] == ["single", "single (sampled)", "debate round 1"]
+    assert both[0]["self_consistency"] is None and both[1]["self_consistency"] is not None
     assert [r["id"] for r in read_jsonl(path)] == ["q1", "q2"]
 
     # a torn last line (killed mid-write) is cut off, not parsed

@@ -171,3 +171,22 @@ def test_paired_comparison_counts_discordant_pairs():
     assert result["mcnemar_p"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="same questions"):
         metrics.paired_comparison([1], [1, 0])
+
+
+@pytest.mark.parametrize("n, discordance, difference", [(32, 0.2, 0.0), (200, 0.2, 0.0), (200, 0.3, 0.1)])
+def test_mcnemar_power_agrees_with_a_simulation(n, discordance, difference):
+    """Power of the exact test, against simulated paired trials tested with `mcnemar_p` itself."""
+    rng = np.random.default_rng(0)
+    gained_p, lost_p = (discordance + difference) / 2, (discordance - difference) / 2
+    draws = rng.multinomial(n, [gained_p, lost_p, 1 - discordance], size=4000)
+    simulated = np.mean([metrics.mcnemar_p(int(g), int(lost)) <= 0.05 for g, lost, _ in draws])
+    assert metrics.mcnemar_power(n, discordance, difference) == pytest.approx(simulated, abs=0.025)
+    if difference == 0:
+        assert metrics.mcnemar_power(n, discordance, 0.0) <= 0.05  # the exact test keeps its level
+
+
+def test_minimum_detectable_effect_shrinks_with_more_questions():
+    small, large = (metrics.minimum_detectable_effect(n, 0.3) for n in (32, 200))
+    assert large < small
+    assert metrics.mcnemar_power(200, 0.3, large) >= 0.8 > metrics.mcnemar_power(200, 0.3, large - 0.01)
+    assert np.isnan(metrics.minimum_detectable_effect(32, 0.2))  # 32 questions at 20 % discordance: nothing
