@@ -65,13 +65,28 @@ class ModelParams(_Section):
 
 
 class DataParams(_Section):
-    """Shared section `data`: the task, its train/test split and the seed."""
+    """Shared section `data`: the task, its train/test split, the out-of-domain test families and the seed."""
 
     task: str
     path: str | None = None
     n_train: int = Field(ge=0)
     n_test: int = Field(ge=1)
+    ood_tasks: list[str] = Field(default_factory=list)  # other task families, tested only: out-of-domain
+    n_ood: int = Field(default=32, ge=1)
     seed: int = 0
+
+    @field_validator("ood_tasks")
+    @classmethod
+    def _known_ood_tasks(cls, value: list[str]) -> list[str]:
+        from agentark_utils.tasks import TASKS
+
+        return _all_known(value, TASKS, "task(s)")
+
+    @model_validator(mode="after")
+    def _ood_is_another_task(self) -> "DataParams":
+        if self.task in self.ood_tasks:
+            raise ValueError(f"ood_tasks: {self.task!r} is the training task, not out-of-domain")
+        return self
 
     @field_validator("task")
     @classmethod
@@ -201,21 +216,6 @@ def _all_known(names: list[str], registry: dict, what: str) -> list[str]:
     return names
 
 
-class GridParams(_Section):
-    """Section `grid`: which test sets every model answers, besides the debate's own test split."""
-
-    ood_tasks: list[str] = Field(default_factory=list)  # other task families: out-of-domain
-    n_ood: int = Field(default=32, ge=1)
-    seed: int = 1
-
-    @field_validator("ood_tasks")
-    @classmethod
-    def _known_tasks(cls, value: list[str]) -> list[str]:
-        from agentark_utils.tasks import TASKS
-
-        return _all_known(value, TASKS, "task(s)")
-
-
 class RobustnessParams(_Section):
     """Section `robustness`: perturbations of the in-domain test questions (robustness.py)."""
 
@@ -258,7 +258,6 @@ class EvaluateStage(_Section):
     model: ModelParams
     data: DataParams
     evaluation: EvaluationParams
-    grid: GridParams
 
 
 class ReasoningStage(_Section):
@@ -350,7 +349,6 @@ class Params(DebateStage):
     prm: PRMParams
     grpo: GRPOParams
     evaluation: EvaluationParams
-    grid: GridParams
     robustness: RobustnessParams
     scaling: ScalingParams
     open_ended: OpenEndedParams

@@ -1,12 +1,15 @@
-"""Evaluate models on test sets: one greedy generation per question, graded, with cost and paired tests."""
+"""Evaluate models on test sets: one greedy generation per question, graded, with cost; and the
+headline table that puts the debate stage's systems and the students side by side, paired."""
 
 from __future__ import annotations
+
+import pandas as pd
 
 from agentark_utils import metrics
 from agentark_utils.backends import Generation, make_backend
 from agentark_utils.config import ModelParams
 from agentark_utils.debate import graded_call, question_prompt
-from agentark_utils.tasks import Question
+from agentark_utils.tasks import OOD_PREFIX, Question
 
 
 def greedy_answers(models: dict[str, str], prompts: list[str], model_params: ModelParams, max_new_tokens: int,
@@ -25,14 +28,9 @@ def greedy_answers(models: dict[str, str], prompts: list[str], model_params: Mod
 
 
 def evaluate_grid(models: dict[str, str], test_sets: dict[str, list[Question]], model_params: ModelParams,
-                  max_new_tokens: int, seed: int = 0, baseline: str | None = "base"):
-    """Every model on every test set, and each model against `baseline` (if any) on the same questions.
-
-    Returns (predictions, results): one row per answer, and one row per (model, test set) with the
-    accuracy, its CI, the strict accuracy, the cost and the paired comparison with the baseline.
-    """
-    if baseline is not None and baseline not in models:
-        raise ValueError(f"the baseline {baseline!r} is not among the models {sorted(models)}")
+                  max_new_tokens: int, seed: int = 0):
+    """Every model on every test set: (predictions, results), one row per answer and one row per
+    (model, test set) with the accuracy, its CI, the strict accuracy and the cost."""
     predictions, results = [], []
     asked = [(test_name, q) for test_name, questions in test_sets.items() for q in questions]
     # Every test set in one call per model: fuller batches.
@@ -44,13 +42,69 @@ def evaluate_grid(models: dict[str, str], test_sets: dict[str, list[Question]], 
             predictions += [{"model": name, "test_set": test_name, **row} for row in rows]
             summary = metrics.summarize_calls(rows, [[r] for r in rows])
             results.append({"model": name, "test_set": test_name, "n": len(rows), **summary})
-    if baseline is None:
-        return predictions, results
-    correct = {}
+    return predictions, results
+
+
+def held_out_sets(records: list[dict], task: str) -> dict[str, list[dict]]:
+    """The debate records of every held-out split, by test-set name: the in-domain test split
+    first ("<task> (in-domain)"), then each out-of-domain family ("<family> (out-of-domain)")."""
+    sets: dict[str, list[dict]] = {}
+    for r in records:
+        if r["split"] == "test":
+            sets.setdefault(f"{task} (in-domain)", []).append(r)
+        elif r["split"].startswith(OOD_PREFIX):
+            sets.setdefault(f"{r['split'].removeprefix(OOD_PREFIX)} (out-of-domain)", []).append(r)
+    return dict(sorted(sets.items(), key=lambda item: item[0].endswith("(out-of-domain)")))
+
+
+# The debate stage's systems as the headline table names them.
+DEBATE_SYSTEMS = {"single agent": "single", "single agent (sampled)": "single_sampled",
+                  "self-consistency": "self_consistency", "debate (summarizer)": "debate",
+                  "debate (majority)": "debate_majority"}
+
+
+def headline_table(held_out: dict[str, list[dict]], predictions: list[dict], results: list[dict],
+                   baselines: tuple[str, ...] = ("base", "cot")) -> pd.DataFrame:
+    """One row per (system or student, test set): accuracy with its Wilson CI, strict accuracy,
+    generated tokens and wall time per question and their ratio to the debate's, and a paired
+    comparison (Newcombe CI, exact McNemar, the minimum detectable effect at the observed
+    discordance) against each of `baselines` on the same questions.
+
+    `held_out`: the debate records per test set (`held_out_sets`); `predictions`, `results`: the
+    students' answers and summaries (`evaluate_grid`) on the same questions, in the same order.
+    """
+    keys = ("n", "accuracy", "ci95", "strict_accuracy", "unparsed_rate", "calls_per_question",
+            "generated_tokens_per_question", "latency_s_per_question")
+    rows, correct = [], {}
+    for test_set, records in held_out.items():
+        for name, system in DEBATE_SYSTEMS.items():
+            ran = [r for r in records if metrics.system_outcome(r, system) is not None]
+            if len(ran) < len(records):
+                continue  # not run on every question of this set: no paired comparison possible
+            summary = metrics.summarize(records, system)
+            rows.append({"name": name, "kind": "debate stage", "test_set": test_set, **{k: summary[k] for k in keys}})
+            correct[(name, test_set)] = [metrics.system_outcome(r, system)["status"] == "correct" for r in records]
+    for result in results:
+        rows.append({"name": result["model"], "kind": "student", "test_set": result["test_set"],
+                     **{k: result[k] for k in keys}})
     for row in predictions:
         correct.setdefault((row["model"], row["test_set"]), []).append(row["status"] == "correct")
-    for result in results:
-        paired = metrics.paired_comparison(correct[(result["model"], result["test_set"])],
-                                           correct[(baseline, result["test_set"])])
-        result.update({f"vs_{baseline}_{key}": value for key, value in paired.items()})
-    return predictions, results
+    table = pd.DataFrame(rows)
+    debate = table[table["name"] == "debate (summarizer)"].set_index("test_set")
+    for column in ("generated_tokens_per_question", "latency_s_per_question"):
+        table[f"debate / this ({column.removesuffix('_per_question')})"] = [
+            debate[column].get(t, float("nan")) / v if v else float("nan") for t, v in zip(table["test_set"], table[column])]
+    for baseline in baselines:
+        paired = []
+        for name, test_set in zip(table["name"], table["test_set"]):
+            if name == baseline or (baseline, test_set) not in correct:
+                paired.append({})
+                continue
+            comparison = metrics.paired_comparison(correct[(name, test_set)], correct[(baseline, test_set)])
+            n = len(correct[(name, test_set)])
+            discordance = (comparison["gained"] + comparison["lost"]) / n
+            comparison["mde"] = metrics.minimum_detectable_effect(n, discordance) if discordance else float("nan")
+            paired.append(comparison)
+        for key in ("difference", "ci95", "gained", "lost", "mcnemar_p", "mde"):
+            table[f"vs_{baseline}_{key}"] = [p.get(key, float("nan")) for p in paired]
+    return table

@@ -11,7 +11,8 @@ import seaborn as sns
 
 from agentark_utils.metrics import SYSTEMS
 
-LABELS = {"single": "single agent", "self_consistency": "self-consistency", "debate": "debate"}
+LABELS = {"single": "single agent", "single_sampled": "single agent (sampled)", "self_consistency": "self-consistency",
+          "debate": "debate (final answer)", "debate_majority": "debate (majority)"}
 
 
 def _save(fig, path: str | Path | None):
@@ -28,7 +29,7 @@ def accuracy_by_round(table: pd.DataFrame, single_accuracy: float, final_accurac
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     sns.lineplot(data=table, x="round", y="accuracy", hue="measure", marker="o", ax=ax)
     ax.axhline(single_accuracy, color="grey", linestyle="--", label="single agent (greedy)")
-    ax.axhline(final_accuracy, color="green", linestyle=":", label="debate final answer (summarizer)")
+    ax.axhline(final_accuracy, color="green", linestyle=":", label="debate final answer")
     ax.set(xlabel="debate round", ylabel="accuracy", ylim=(0, 1), title="Debate accuracy by round",
            xticks=sorted(table["round"].unique()))
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8)  # outside: never over the lines
@@ -36,48 +37,63 @@ def accuracy_by_round(table: pd.DataFrame, single_accuracy: float, final_accurac
 
 
 def cost_vs_accuracy(metrics: dict, path: str | Path | None = None):
-    """Tokens per question against accuracy (95 % CI bars) for each system of the debate stage."""
-    points = pd.DataFrame([{"name": LABELS[system], **metrics[system]} for system in SYSTEMS])
+    """Generated tokens per question against accuracy (95 % CI bars) for each system of the debate
+    stage that ran on these questions."""
+    points = pd.DataFrame([{"name": LABELS[system], **metrics[system]} for system in SYSTEMS if metrics[system]["n"]])
     return cost_accuracy_points(points, "Cost vs accuracy", path)
 
 
 def cost_accuracy_points(points: pd.DataFrame, title: str, path: str | Path | None = None):
-    """One point per system or model: tokens per question (log x) against accuracy with its 95 % CI.
+    """One point per system or model: generated tokens per question (log x) against accuracy with
+    its 95 % CI.
 
-    `points` has columns name, tokens_per_question, accuracy, ci95 ([low, high]), calls_per_question.
+    `points` has columns name, generated_tokens_per_question, accuracy, ci95 ([low, high]),
+    calls_per_question.
     """
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     palette = sns.color_palette("deep", len(points))
     for color, (_, m) in zip(palette, points.iterrows()):
         low, high = m["ci95"]
-        ax.errorbar(m["tokens_per_question"], m["accuracy"], yerr=[[m["accuracy"] - low], [high - m["accuracy"]]],
+        ax.errorbar(m["generated_tokens_per_question"], m["accuracy"], yerr=[[m["accuracy"] - low], [high - m["accuracy"]]],
                     fmt="o", color=color, capsize=4, label=f"{m['name']} ({m['calls_per_question']:.1f} calls)")
     ax.set_xscale("log")
-    ax.set(xlabel="tokens per question (prompt + generated, log scale)", ylabel="accuracy (95 % CI)", ylim=(0, 1),
+    ax.set(xlabel="generated tokens per question (log scale)", ylabel="accuracy (95 % CI)", ylim=(0, 1),
            title=title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8)  # outside: never over a point
     return _save(fig, path)
 
 
 def accuracy_grid(results: pd.DataFrame, path: str | Path | None = None):
-    """Accuracy with 95 % CI of every model on every test set; the base model's accuracy dashed."""
+    """The headline figure: accuracy with 95 % CI of every system and student on every test set,
+    coloured by kind (debate stage or student), each labelled with its generated tokens per
+    question; the base student's accuracy dashed."""
     sns.set_theme(style="whitegrid")
     test_sets = list(dict.fromkeys(results["test_set"]))
-    fig, axes = plt.subplots(1, len(test_sets), figsize=(4.2 * len(test_sets), 0.45 * results["model"].nunique() + 1.6),
-                             sharey=True, squeeze=False)
+    kinds = list(dict.fromkeys(results.get("kind", pd.Series(["model"] * len(results)))))
+    colors = dict(zip(kinds, sns.color_palette("deep", len(kinds))))
+    fig, axes = plt.subplots(1, len(test_sets), figsize=(5.2 * len(test_sets), 0.42 * results["model"].nunique() + 1.8),
+                             squeeze=False)
     for ax, test_set in zip(axes[0], test_sets):
         rows = results[results["test_set"] == test_set].reset_index(drop=True)
-        low = rows["accuracy"] - rows["ci95"].str[0]
-        high = rows["ci95"].str[1] - rows["accuracy"]
-        ax.errorbar(rows["accuracy"], rows["model"], xerr=[low, high], fmt="o", capsize=3)
+        labels = [f"{m}  ({t:.0f} tok)" for m, t in zip(rows["model"], rows["generated_tokens_per_question"])]
+        for i, row in rows.iterrows():
+            kind = row.get("kind", "model")
+            low, high = row["ci95"]
+            ax.errorbar(row["accuracy"], i, xerr=[[row["accuracy"] - low], [high - row["accuracy"]]], fmt="o",
+                        capsize=3, color=colors[kind], label=kind)
+        ax.set_yticks(range(len(rows)), labels)
         base = rows.loc[rows["model"] == "base", "accuracy"]
         if len(base):
-            ax.axvline(base.iloc[0], color="grey", linestyle="--", linewidth=1, label="base")
-        ax.set(title=f"test set: {test_set} (n={rows['n'].iloc[0]})", xlabel="accuracy (95 % CI)", xlim=(0, 1))
-    axes[0][0].invert_yaxis()
-    fig.suptitle("Every model on every test set (greedy, one generation per question)")
-    fig.tight_layout()
+            ax.axvline(base.iloc[0], color="grey", linestyle="--", linewidth=1)
+        ax.set(title=f"{test_set} (n={rows['n'].iloc[0]})", xlabel="accuracy (Wilson 95 % CI)", xlim=(0, 1))
+        ax.invert_yaxis()
+    handles, names = axes[0][0].get_legend_handles_labels()
+    unique = dict(zip(names, handles))
+    fig.legend(unique.values(), unique.keys(), loc="lower center", ncol=len(unique), frameon=False)
+    fig.suptitle("Single agent, debate and students on the same questions (dashed: base student; "
+                 "labels: generated tokens per question)")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return _save(fig, path)
 
 

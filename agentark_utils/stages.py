@@ -38,7 +38,7 @@ STAGES = {
                  {"extract_dir": "results/extract", "model_dir": "models/{strategy}"}),
     "pad": Stage("notebooks/04_pad.ipynb", ("model", "prm", "grpo"), "results/pad",
                  {"debate_dir": "results/debate", "prm_dir": "models/prm", "model_dir": "models/pad"}),
-    "evaluate": Stage("notebooks/05_evaluate.ipynb", ("model", "data", "evaluation", "grid"), "results/eval",
+    "evaluate": Stage("notebooks/05_evaluate.ipynb", ("model", "data", "evaluation"), "results/eval",
                       {"debate_dir": "results/debate", "figures_dir": "results/figures"}),
     "robustness": Stage("notebooks/06_robustness.ipynb", ("model", "evaluation", "robustness"), "results/robustness",
                         {"debate_dir": "results/debate", "eval_dir": "results/eval", "figures_dir": "results/figures"}),

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -72,10 +73,21 @@ def rewrite_jsonl(path: str | Path, records: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def _finite(value):
+    """NaN and infinities become null: JSON has no such numbers, and DVC's metrics reader rejects them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_json(path: str | Path, data) -> None:
-    """Write JSON atomically: a temporary sibling, then rename."""
+    """Write JSON atomically (a temporary sibling, then rename), with NaN written as null."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(_finite(data), indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)

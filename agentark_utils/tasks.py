@@ -433,6 +433,19 @@ def load_task(task: str, n_train: int, n_test: int, seed: int = 0, path: str | N
     return train, test
 
 
+OOD_PREFIX = "ood:"  # split names of the out-of-domain families: "ood:equations"
+
+
+def load_splits(data) -> dict[str, list[Question]]:
+    """Every split a run debates, from the `data` section: "train", the in-domain "test" split and
+    one held-out split per out-of-domain family (`data.ood_tasks`, `data.n_ood` questions each)."""
+    train, test = load_task(data.task, data.n_train, data.n_test, data.seed, data.path)
+    splits = {"train": train, "test": test}
+    for task in data.ood_tasks:
+        splits[OOD_PREFIX + task] = load_task(task, 0, data.n_ood, seed=data.seed)[1]
+    return splits
+
+
 def _hub_rows(spec: TaskSpec, split: str) -> list[dict]:
     import datasets
 

@@ -47,7 +47,7 @@ def main() -> None:
 
     began = time.perf_counter()
     (summary,) = evaluate_grid({"student": student}, {"test": questions}, model_params,
-                               params.evaluation.max_new_tokens, baseline=None)[1]
+                               params.evaluation.max_new_tokens)[1]
     student_wall = time.perf_counter() - began
     systems["student"] = {k: summary[k] for k in KEYS}
 

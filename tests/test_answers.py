@@ -293,8 +293,7 @@ def test_evaluate_grid_results_carry_strict_accuracy(monkeypatch):
     monkeypatch.setattr(evaluation, "greedy_answers",
                         lambda models, prompts, *args, **kwargs: {"m": [Generation(t, 10, 5, 0.5) for t in texts]})
     sets = {"in": [_rg("basic_arithmetic", "18"), _rg("chain_sum", "18")]}
-    predictions, (result,) = evaluation.evaluate_grid({"m": "unused"}, sets, None, max_new_tokens=4,
-                                                     baseline=None)
+    predictions, (result,) = evaluation.evaluate_grid({"m": "unused"}, sets, None, max_new_tokens=4)
     assert [p["extractor"] for p in predictions] == ["final_answer", "last_number"]
     assert (result["accuracy"], result["strict_accuracy"]) == (1.0, 0.5)
     assert (result["extractor_final_answer"], result["extractor_last_number"]) == (1, 1)

@@ -1,13 +1,14 @@
-"""The evaluation grid: every model on every test set, paired against the base."""
+"""The evaluation grid and the headline table: systems and students on the same questions, paired."""
 
+import numpy as np
 import pytest
 
 from agentark_utils.config import ModelParams
-from agentark_utils.evaluation import evaluate_grid, greedy_answers
+from agentark_utils.evaluation import evaluate_grid, greedy_answers, headline_table, held_out_sets
 from agentark_utils.tasks import Question
 
 
-def test_grid_rows_and_paired_comparison(tiny_model_dir):
+def test_grid_rows(tiny_model_dir):
     params = ModelParams(teacher=str(tiny_model_dir), student=str(tiny_model_dir), dtype="float32", device="cpu",
                          batch_size=4)
     sets = {"in": [Question(f"a{i}", "t", f"{i} + 1?", str(i + 1), "number") for i in range(3)],
@@ -17,11 +18,59 @@ def test_grid_rows_and_paired_comparison(tiny_model_dir):
     assert len(predictions) == 2 * (3 + 1)
     assert [(r["model"], r["test_set"], r["n"]) for r in results] == [
         ("base", "in", 3), ("base", "out", 1), ("copy", "in", 3), ("copy", "out", 1)]
-    for r in results:  # the same greedy model twice: no difference, no discordant pair
-        assert r["vs_base_difference"] == 0 and r["vs_base_gained"] == r["vs_base_lost"] == 0
-        assert r["vs_base_mcnemar_p"] == 1.0 and r["calls_per_question"] == 1
-    with pytest.raises(ValueError, match="baseline 'base' is not among"):
-        evaluate_grid({"x": str(tiny_model_dir)}, sets, params, max_new_tokens=4)
+    assert all(r["calls_per_question"] == 1 and r["ci95"][0] <= r["accuracy"] <= r["ci95"][1] for r in results)
+
+
+def _record(qid: str, split: str, single: str, debate: str) -> dict:
+    """A debate-stage record reduced to what the headline reads: outcomes and their calls."""
+    def call(status):
+        return {"status": status, "strict_status": status, "prompt_tokens": 10, "completion_tokens": 5,
+                "latency_s": 0.1, "extractor": "final_answer"}
+
+    rounds = [[call(debate)] * 3, [call(debate)] * 3]
+    return {"id": qid, "split": split, "single": call(single), "single_sampled": call(single),
+            "self_consistency": {"samples": [call(single)] * 7, "status": single, "strict_status": single},
+            "debate": {"rounds": rounds, "summarizer": call(debate), "majority": {"status": debate},
+                       "final": {"status": debate, "strict_status": debate}}}
+
+
+def test_held_out_sets_put_in_domain_first_and_skip_train():
+    records = [_record("o1", "ood:equations", "wrong", "wrong"), _record("t1", "train", "wrong", "wrong"),
+               _record("a1", "test", "wrong", "wrong")]
+    sets = held_out_sets(records, "arith_mix")
+    assert list(sets) == ["arith_mix (in-domain)", "equations (out-of-domain)"]
+    assert [r["id"] for r in sets["arith_mix (in-domain)"]] == ["a1"]
+
+
+def test_headline_table_pairs_every_row_against_base_and_cot():
+    """40 questions: the debate gets 10 right that the single agent gets wrong; a student matches
+    the base, CoT SFT gets 5 more right than the base."""
+    n = 40
+    records = [_record(f"q{i}", "test", "correct" if i < 10 else "wrong", "correct" if i < 20 else "wrong")
+               for i in range(n)]
+    held = held_out_sets(records, "arith_mix")
+    name = "arith_mix (in-domain)"
+
+    def answers(model, n_correct):
+        return [{"model": model, "test_set": name, "id": f"q{i}", "status": "correct" if i < n_correct else "wrong"}
+                for i in range(n)]
+
+    predictions = answers("base", 10) + answers("da", 10) + answers("cot", 15)
+    results = [{"model": m, "test_set": name, "n": n, "accuracy": k / n, "ci95": [0, 1], "strict_accuracy": k / n,
+                "unparsed_rate": 0.0, "calls_per_question": 1, "generated_tokens_per_question": 5.0,
+                "latency_s_per_question": 0.1} for m, k in (("base", 10), ("da", 10), ("cot", 15))]
+    table = headline_table(held, predictions, results).set_index("name")
+    debate = table.loc["debate (summarizer)"]
+    assert debate["accuracy"] == 0.5 and debate["vs_base_gained"] == 10 and debate["vs_base_lost"] == 0
+    assert debate["vs_base_mcnemar_p"] < 0.01 and debate["vs_base_ci95"][0] > 0
+    assert debate["vs_cot_difference"] == pytest.approx(0.125)
+    # 7 calls x 5 tokens for the debate (6 agent calls + the summarizer) against one 5-token answer
+    assert table.loc["da", "debate / this (generated_tokens)"] == pytest.approx(7.0)
+    assert table.loc["da", "vs_base_difference"] == 0 and np.isnan(table.loc["da", "vs_base_mde"])
+    assert np.isnan(table.loc["base", "vs_base_difference"])  # never against itself
+    assert table.loc["da", "vs_cot_lost"] == 5 and table.loc["single agent", "kind"] == "debate stage"
+    # 5 discordant pairs in 40 (12.5 %): no effect reaches 80 % power at that discordance
+    assert np.isnan(table.loc["cot", "vs_base_mde"]) and table.loc["cot", "vs_base_mcnemar_p"] > 0.05
 
 
 def test_greedy_answers_one_generation_per_prompt_per_model(tiny_model_dir):

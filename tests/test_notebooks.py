@@ -154,26 +154,30 @@ def test_evaluate_notebook(tmp_path, tiny_model_dir):
     debate_dir = tmp_path / "debate"
     records = [record([R("correct", "wrong")], "a"), record([R("correct", "correct")], "t1", split="test"),
                record([R("wrong", "wrong")], "t2", split="test")]
+    records += [record([R("wrong", "correct")], f"o{i}", split="ood:equations") for i in range(3)]
     for r in records:  # the votes the debate stage stores with each record
-        r["debate"]["final"] = {k: r["debate"]["summarizer"][k] for k in ("answer", "status")}
+        r["debate"]["final"] = r["debate"]["majority"] = {k: r["debate"]["summarizer"][k] for k in ("answer", "status")}
         r["self_consistency"].update({k: r["self_consistency"]["samples"][0][k] for k in ("answer", "status")})
     append_jsonl(debate_dir / "records.jsonl", records)
     params_path = tiny_params(tmp_path, tiny_model_dir)
     params = _yaml.safe_load(open(params_path))
-    params["grid"].update(ood_tasks=["equations"], n_ood=3)
+    params["data"].update(ood_tasks=["equations"], n_ood=3)
     (tmp_path / "params.yaml").write_text(_yaml.safe_dump(params))
     out, figures = tmp_path / "eval", tmp_path / "figures"
     run_stage("evaluate", params_path, out_dir=str(out),
               paths={"debate_dir": str(debate_dir), "figures_dir": str(figures),
                      "students": {"rsft": str(tiny_model_dir), "pad": str(tiny_model_dir)}})
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["accuracy"]) == {"base", "rsft", "pad"}
-    assert {k: v["n"] for k, v in metrics["accuracy"]["pad"].items()} == {
-        "arith_mix (in-domain)": 2, "equations (out-of-domain)": 3}
-    cost = metrics["cost"]
-    assert set(cost) == {"single agent", "self-consistency", "debate", "base", "rsft", "pad"}
-    assert cost["pad"]["calls_per_question"] == 1
-    assert cost["pad"]["debate / this (calls_per_question)"] == cost["debate"]["calls_per_question"]
+    metrics = json.loads((out / "metrics.json").read_text())["accuracy"]
+    # the debate stage's systems (the hand-made records have no sampled single agent) and the students
+    assert set(metrics) == {"single agent", "self-consistency", "debate (summarizer)", "debate (majority)",
+                            "base", "rsft", "pad"}
+    assert {k: v["n"] for k, v in metrics["pad"].items()} == {"arith_mix (in-domain)": 2, "equations (out-of-domain)": 3}
+    pad, debate = metrics["pad"]["arith_mix (in-domain)"], metrics["debate (summarizer)"]["arith_mix (in-domain)"]
+    assert pad["calls_per_question"] == 1 and pad["kind"] == "student"
+    assert pad["debate / this (generated_tokens)"] == pytest.approx(
+        debate["generated_tokens_per_question"] / pad["generated_tokens_per_question"])
+    assert pad["vs_base_gained"] == pad["vs_base_lost"] == 0  # the same weights as the base
+    assert debate["vs_base_ci95"][0] <= debate["vs_base_difference"] <= debate["vs_base_ci95"][1]
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 3 * (2 + 3)
     for name in ("accuracy_grid.png", "cost_accuracy.png"):
         assert (figures / name).read_bytes()[:4] == b"\x89PNG"

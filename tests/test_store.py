@@ -107,3 +107,11 @@ def test_the_next_save_also_restores_the_model_a_killed_save_set_aside(tmp_path,
     save_killed_at_the_swap(out, 2, monkeypatch)
     save_killed_at_the_swap(out, 3, monkeypatch)  # had this save dropped the set-aside model, none would be left
     assert models.resolve(str(out)) == str(out) and version(out) == [1, 1]
+
+
+def test_write_json_writes_nan_as_null(tmp_path):
+    """JSON has no NaN: a metric that could not be computed is null, which DVC can read."""
+    import json
+
+    write_json(tmp_path / "m.json", {"accuracy": float("nan"), "ci": [0.1, float("inf")], "n": 3})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"accuracy": None, "ci": [0.1, None], "n": 3}
