@@ -12,7 +12,7 @@ from conftest import ROOT
 def tiny_params(tmp_path, model_dir) -> str:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["model"].update(teacher=str(model_dir), student=str(model_dir), dtype="float32", device="cpu", batch_size=8)
-    params["data"].update(task="arith_mix", n_train=2, n_test=2)
+    params["data"].update(task="arith_mix", n_train=2, n_test=2, n_ood=2)
     params["debate"].update(n_agents=2, rounds=2, max_new_tokens=8, chunk_size=2)
     params["sft"].update(epochs=1, batch_size=4, bf16=False)
     params["evaluation"].update(max_new_tokens=8, bootstrap_samples=100)
@@ -29,18 +29,19 @@ def test_debate_notebook(tmp_path, tiny_model_dir):
     assert executed == out / "01_debate.ipynb"
 
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["n_questions"] == 4 and set(metrics["by_split"]) == {"train", "test"}
-    for system in ("single", "self_consistency", "debate"):
+    assert metrics["n_questions"] == 6 and set(metrics["by_split"]) == {"train", "test", "ood:equations"}
+    for system in ("single", "single_sampled", "self_consistency", "debate", "debate_majority"):
         m = metrics[system]
-        assert set(m) >= {"accuracy", "ci95", "unparsed_rate", "tokens_per_question", "calls_per_question",
-                          "latency_s_per_question"}
+        assert set(m) >= {"accuracy", "ci95", "strict_accuracy", "unparsed_rate", "tokens_per_question",
+                          "calls_per_question", "latency_s_per_question"}
         assert 0 <= m["accuracy"] <= 1 and m["ci95"][0] <= m["accuracy"] <= m["ci95"][1]
-    assert metrics["single"]["calls_per_question"] == 1
-    assert metrics["self_consistency"]["calls_per_question"] == 2 * 2 + 1
+    assert metrics["single"]["calls_per_question"] == 1 and metrics["single"]["n"] == 6
+    # self-consistency runs on the held-out splits only, with the debate's call budget of samples
+    assert metrics["self_consistency"]["n"] == 4 and metrics["self_consistency"]["calls_per_question"] == 2 * 2 + 1
     assert 0 <= metrics["wrong_to_right_fraction"] <= 1
 
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    assert len(records) == 4 and len({r["id"] for r in records}) == 4
+    assert len(records) == 6 and len({r["id"] for r in records}) == 6
     for name in ("accuracy_by_round.png", "cost_vs_accuracy.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
