@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import inspect
 import json
 import math
 import os
@@ -39,6 +40,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub on the GPU machine: fail 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 PARTS = ("gen", "sft", "prm", "grpo")
+PRM_MAX_LENGTH = 512  # the PRM trains and scores (in GRPO) at this length
 
 # Model shapes (random weights). smollm2-135m: HuggingFaceTB/SmolLM2-135M-Instruct's config.
 ARCHS = {
@@ -51,10 +53,12 @@ ARCHS = {
 # Workload sizes: default (~10 min on one GPU with the 135M shape) and --tiny (seconds on a CPU).
 SIZES = {
     "default": dict(gen_prompts=128, gen_batch=32, gen_compare=16, gen_tokens=128,
+                    gen_reference_prompts=4, gen_reference_tokens=32,
                     sft_rows=320, sft_batch=8, sft_epochs=1, sft_max_length=512,
                     prm_questions=32, prm_stage1=20, prm_stage2=20, prm_batch_questions=4,
                     grpo_questions=32, grpo_steps=10, grpo_group=4, grpo_batch=16, grpo_tokens=128),
-    "tiny": dict(gen_prompts=6, gen_batch=3, gen_compare=6, gen_tokens=8,
+    "tiny": dict(gen_prompts=6, gen_batch=3, gen_compare=6, gen_tokens=8, gen_reference_prompts=2,
+                 gen_reference_tokens=8,
                  sft_rows=4, sft_batch=2, sft_epochs=1, sft_max_length=128,
                  prm_questions=2, prm_stage1=1, prm_stage2=1, prm_batch_questions=2,
                  grpo_questions=2, grpo_steps=1, grpo_group=2, grpo_batch=2, grpo_tokens=8),
@@ -217,18 +221,31 @@ def _sync(device: str) -> None:
 
 
 def greedy_tokens(backend, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-    """decode_batch on one left-padded batch, greedy, exactly as HFBackend pads its batches."""
+    """decode_batch on one batch of prompts, greedy, as HFBackend calls it."""
     from agentark_utils.backends import decode_batch
 
-    batch = backend.tokenizer.pad({"input_ids": prompts}, return_tensors="pt")
-    batch = {k: v.to(backend.model.device) for k, v in batch.items()}
-    return decode_batch(backend.model, batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens,
-                        stop_ids=backend.stop_ids, temperature=0.0, generator=None)
+    return decode_batch(backend.model, prompts, pad_id=backend.tokenizer.pad_token_id, max_new_tokens=max_new_tokens,
+                        stop_ids=backend.stop_ids, temperature=0.0)
+
+
+def uncached_greedy(model, prompt: list[int], max_new_tokens: int, stop_ids: list[int]) -> list[int]:
+    """Greedy decoding the slow, obvious way: the whole sequence through the model at every step, no
+    KV cache, no padding. What decode_batch must reproduce."""
+    import torch
+
+    ids = list(prompt)
+    with torch.inference_mode():
+        for _ in range(max_new_tokens):
+            token = int(model(input_ids=torch.tensor([ids], device=model.device)).logits[0, -1].float().argmax())
+            ids.append(token)
+            if token in stop_ids:
+                break
+    return ids[len(prompt):]
 
 
 def tie_margin_ulps(model, prompt: list[int], ref: list[int], other: list[int]) -> float:
-    """Where two greedy continuations first differ, by how much the reference's own logits preferred
-    its token over the other's, in bf16 units in the last place of that logit: 0-2 is a rounding tie."""
+    """Where two greedy continuations first differ, by how much the uncached model preferred `ref`'s
+    token over `other`'s, in bf16 units in the last place of that logit: 0-2 is a rounding tie."""
     import torch
 
     k = next(i for i, (a, b) in enumerate(zip(ref + [-1], other + [-2])) if a != b)
@@ -239,7 +256,7 @@ def tie_margin_ulps(model, prompt: list[int], ref: list[int], other: list[int]) 
         logits = model(input_ids=ids).logits[0, -1].float()
     top = abs(float(logits[ref[k]])) or 1e-30
     ulp = 2.0 ** (math.floor(math.log2(top)) - 7)  # bf16: 8 significant bits
-    return float(logits[ref[k]] - logits[other[k]]) / ulp
+    return abs(float(logits[ref[k]] - logits[other[k]])) / ulp
 
 
 def run_gen(part: Part, model_dir: str, device: str, s: dict, tie_ulps: float) -> None:
@@ -271,18 +288,34 @@ def run_gen(part: Part, model_dir: str, device: str, s: dict, tie_ulps: float) -
     wall_1 = time.perf_counter() - began
     differ = [i for i, (a, b) in enumerate(zip(single, batched)) if a != b]
     margins = [tie_margin_ulps(backend.model, prompts[i], single[i], batched[i]) for i in differ]
+    # The cached batch-1 path against uncached greedy decoding (first prompts, first tokens).
+    n_ref = min(s["gen_reference_tokens"], s["gen_tokens"])
+    ref_rows = range(min(s["gen_reference_prompts"], len(prompts)))
+    reference = [uncached_greedy(backend.model, prompts[i], n_ref, backend.stop_ids) for i in ref_rows]
+    ref_differ = [i for i in ref_rows if single[i][:n_ref] != reference[i]]
+    ref_margins = [tie_margin_ulps(backend.model, prompts[i], reference[i], single[i][:n_ref]) for i in ref_differ]
     part.numbers.update({
         "prompts": len(convs), "new_tokens": n_tokens,
         f"tok_per_s_batch{s['gen_batch']}": _rate(n_tokens, wall_n),
         "tok_per_s_batch1": _rate(sum(map(len, single)), wall_1),
         f"greedy_batch1_vs_batch{len(prompts)}_identical": f"{len(prompts) - len(differ)}/{len(prompts)}",
+        "greedy_cached_vs_uncached_identical": f"{len(ref_rows) - len(ref_differ)}/{len(ref_rows)}",
     })
-    if differ:
-        part.numbers["divergence_margin_ulps_max"] = round(max(margins), 2)
+    if differ or ref_differ:
+        part.numbers["divergence_margin_ulps_max"] = round(max(margins + ref_margins), 2)
     part.check(n_tokens > 0, "no tokens generated")
     bad = [(i, round(m, 2)) for i, m in zip(differ, margins) if not m <= tie_ulps]
     part.check(not bad, f"greedy output of batch 1 and batch {len(prompts)} differs in {len(bad)} prompt(s) beyond "
                         f"a {tie_ulps}-ulp bf16 tie (prompt, margin in ulps): {bad}")
+    bad = [(i, round(m, 2)) for i, m in zip(ref_differ, ref_margins) if not m <= tie_ulps]
+    part.check(not bad, f"cached greedy output (decode_batch) differs from uncached greedy decoding in {len(bad)} "
+                        f"prompt(s) beyond a {tie_ulps}-ulp tie (prompt, margin in ulps): {bad}")
+    if not part.passed and "cache" not in inspect.signature(backend.model.forward).parameters:
+        import transformers
+
+        part.failures.append(f"hint: {type(backend.model).__name__}.forward of transformers {transformers.__version__} "
+                             "has no `cache` argument (older name: past_key_values); a `cache=` passed to it is "
+                             "silently dropped")
 
 
 def run_sft(part: Part, model_dir: str, device: str, s: dict, work: Path, bf16: bool) -> None:
@@ -315,6 +348,7 @@ def run_prm(part: Part, model_dir: str, device: str, s: dict, work: Path, bf16: 
     params = PRMParams.model_validate({"stage1_steps": s["prm_stage1"], "stage2_steps": s["prm_stage2"],
                                        "stage1_learning_rate": 1e-4, "stage2_learning_rate": 1e-5,
                                        "batch_questions": s["prm_batch_questions"], "bf16": bf16,
+                                       "max_length": PRM_MAX_LENGTH,
                                        "save_steps": 10**6, "seed": 0})
     result = train_prm(traces, prompts, model_dir, work / "prm", params, device=device)
     values = losses(result.log_history)
@@ -354,7 +388,7 @@ def run_grpo(part: Part, model_dir: str, device: str, s: dict, work: Path, bf16:
                                         "max_completion_length": s["grpo_tokens"], "temperature": 1.0,
                                         "bf16": bf16, "save_steps": 10**6, "seed": 0})
     result = train_grpo(grpo_questions(s["grpo_questions"]), model_dir, str(prm_dir), work / "grpo", params,
-                        device=device)
+                        device=device, prm_max_length=PRM_MAX_LENGTH)
     values = losses(result.log)
     rewards = losses(result.log, "reward_mean")
     tokens = sum(row.get("completion_length", 0) * s["grpo_batch"] for row in result.log)
