@@ -1,13 +1,14 @@
 """GPU smoke test: generation, SFT, PRM and GRPO on one device with a small random model, in minutes.
 
     python benchmarks/gpu_smoke.py --prepare DIR            # here (CPU): tokenizer + tiny model into DIR
-    python benchmarks/gpu_smoke.py --tokenizer-dir DIR      # GPU: SmolLM2-135M-shaped random model, ~10 min
+    python benchmarks/gpu_smoke.py --tokenizer-dir DIR      # GPU: SmolLM2-135M-shaped random model, ~8-10 min
     python benchmarks/gpu_smoke.py --device cpu --tiny --tokenizer-dir DIR   # CI: seconds
 
 Parts (each reports wall time, tokens/s, peak GPU memory and PASS/FAIL; a failing part does not stop
 the others):
-  gen   the `hf` backend (HFBackend / decode_batch) in bf16: greedy output of batch size 1 must be
-        identical to batch size N; tokens/s of both.
+  gen   the `hf` backend (HFBackend / decode_batch) in bf16: greedy output of batch size 1 must match
+        batch size N, and cached decoding must match uncached decoding, up to bf16 rounding ties
+        (--tie-ulps; bugs such as a dropped KV cache show margins of 80-8000 ulps); tokens/s of both.
   sft   a few steps of distill.train_sft (bf16 autocast); losses finite.
   prm   a few Stage I + Stage II steps of prm.train_prm; losses finite.
   grpo  a few steps of grpo.train_grpo against the PRM of `prm` (or a fresh one); losses and rewards finite.
@@ -44,6 +45,21 @@ PRM_MAX_LENGTH = 512  # the PRM trains and scores (in GRPO) at this length
 
 # Model shapes (random weights). smollm2-135m: HuggingFaceTB/SmolLM2-135M-Instruct's config.
 ARCHS = {
+    "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2),
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, rope_theta=100000.0, rms_norm_eps=1e-5),
+}
+
+# Workload sizes. Measured on one H200 (transformers 5.24, the project's pin): the sizes of
+# README's 3-minute command took 160 s over the four parts; "default" scales them up to about 8-10
+# minutes (extrapolated, not run). --tiny: seconds on a CPU.
+SIZES = {
+    "default": dict(gen_prompts=256, gen_batch=32, gen_compare=16, gen_tokens=256,
+                    gen_reference_prompts=4, gen_reference_tokens=32,
+                    sft_rows=2000, sft_batch=8, sft_epochs=1, sft_max_length=512,
+                    prm_questions=32, prm_stage1=100, prm_stage2=100, prm_batch_questions=4,
+                    grpo_questions=32, grpo_steps=40, grpo_group=4, grpo_batch=16, grpo_tokens=128),
     "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2),
     "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -415,10 +431,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--arch", choices=sorted(ARCHS), help="random model shape (default: smollm2-135m; "
                                                               "tiny with --tiny)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
-    parser.add_argument("--tie-ulps", type=float, default=2.0,
+    parser.add_argument("--tie-ulps", type=float, default=4.0,
                         help="gen: a batch-1/batch-N divergence still passes where, at the first differing token, "
                              "the batch-1 logits preferred their token by at most this many bf16 ulps (a rounding "
-                             "tie: random weights give flat logits); 0: identical or FAIL (default 2)")
+                             "tie: random weights give flat logits); 0: identical or FAIL (default 4)")
     parser.add_argument("--no-bf16", action="store_true", help="train in float32 (generation stays bf16)")
     parser.add_argument("--work-dir", help="where models are written (default: a temporary directory, removed)")
     parser.add_argument("--json", help="also write the results here")

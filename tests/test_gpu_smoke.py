@@ -13,7 +13,7 @@ from conftest import ROOT
 SCRIPT = ROOT / "benchmarks" / "gpu_smoke.py"
 NUMBERS = {
     "gen": ["wall_s", "peak_gpu_mem_gib", "new_tokens", "tok_per_s_batch3", "tok_per_s_batch1",
-            "greedy_batch1_vs_batch6_identical"],
+            "greedy_batch1_vs_batch6_identical", "greedy_cached_vs_uncached_identical"],
     "sft": ["wall_s", "peak_gpu_mem_gib", "steps", "tokens", "tok_per_s", "loss_first", "loss_last"],
     "prm": ["wall_s", "peak_gpu_mem_gib", "steps", "tokens", "tok_per_s", "loss_first", "loss_last"],
     "grpo": ["wall_s", "peak_gpu_mem_gib", "steps", "rollout_tokens", "rollout_tok_per_s", "reward_mean_last",
@@ -66,6 +66,7 @@ def test_tiny_cpu_run_passes_every_part_and_reports_its_numbers(prepared, tmp_pa
                 assert math.isfinite(part[key]), (name, key, part[key])
         assert f"[{name}] PASS" in run.stdout
     assert result["parts"]["gen"]["greedy_batch1_vs_batch6_identical"] == "6/6"
+    assert result["parts"]["gen"]["greedy_cached_vs_uncached_identical"] == "2/2"
     assert result["parts"]["gen"]["new_tokens"] > 0 and result["parts"]["sft"]["steps"] == 2
     assert result["parts"]["prm"]["steps"] == 2 and result["parts"]["grpo"]["steps"] == 1
     assert "SUMMARY: PASS 4/4 parts passed" in run.stdout
