@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # DVC stage commands call `python`: make it the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup repro test bench bench-pipeline clean-venv
+.PHONY: setup repro test bench bench-pipeline clean-venv gpu-wheels gpu-smoke
 
 setup: $(STAMP)
 
@@ -41,3 +41,28 @@ bench-pipeline: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# GPU smoke test (README "GPU smoke test"). `gpu-wheels` runs here (PyPI reachable): it downloads
+# into .whl/ the wheels benchmarks/gpu_smoke.py needs that the CUDA image (torch, transformers,
+# accelerate, peft, pandas, pyarrow 25, fsspec, xxhash, typing_extensions 4.16 preinstalled) lacks:
+# pydantic for config.py, trl and datasets for SFT and GRPO. Pinned to this venv's versions, for
+# CPython 3.12 on manylinux x86_64; about 5 MB. An image without datasets' other needs can add them:
+# GPU_WHEELS_EXTRA="pyarrow==24.0.0 xxhash==4.1.0 fsspec==2026.9.0" (pyarrow alone is 49 MB); an image
+# with transformers older than the pinned 5.24 (5.17 drops backends.py's `cache=`): transformers==5.24.0.
+# `gpu-smoke` runs on the GPU machine with python3 as found (no venv, no network): it installs .whl/
+# into /tmp/site, then runs the script; options go in SMOKE_ARGS (python3 benchmarks/gpu_smoke.py -h).
+GPU_WHEELS := pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+	trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+GPU_WHEELS_EXTRA ?=
+SMOKE_ARGS ?=
+
+gpu-wheels:
+	python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl $(GPU_WHEELS) $(GPU_WHEELS_EXTRA)
+	@du -ch .whl/*.whl | tail -n 1
+
+gpu-smoke:
+	if ls .whl/*.whl > /dev/null 2>&1; then \
+		python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/site .whl/*.whl; fi
+	PYTHONPATH=/tmp/site:$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} python3 benchmarks/gpu_smoke.py $(SMOKE_ARGS)
