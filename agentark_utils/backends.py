@@ -7,8 +7,9 @@ prompt and completion token counts and latency.
 - hf (default; CPU or GPU): a transformers model, batched with left padding and a KV cache; a row
   leaves the batch as soon as it ends (`decode_batch`).
 - vllm (GPU): offline `LLM.chat`; vllm is imported only when this backend is built.
-- openai: any OpenAI-compatible server (`vllm serve`, `transformers serve`, a hosted API); the API
-  key is read from OPENAI_API_KEY and never logged.
+- openai: any OpenAI-compatible server (`vllm serve`, `transformers serve`, a hosted API), or
+  several replicas of one, with retries and failover (`OpenAIBackend`); the API key is read from
+  OPENAI_API_KEY and never logged.
 
 Latency of a batched call is the batch's wall time divided by its size: the amortized cost of
 one generation, which is what a cost per question should add up.
@@ -23,8 +24,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+import warnings
+from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
@@ -213,7 +216,13 @@ class HFBackend:
 
 
 class VLLMBackend:
-    """vLLM offline inference (GPU). Imported lazily: nothing on the CPU path needs vllm."""
+    """vLLM offline inference (GPU). Imported lazily: nothing on the CPU path needs vllm.
+
+    One engine, split over `tensor_parallel_size` GPUs, with prefix caching on: the agents of a
+    question share its prompt, and each round extends the last one's context. Data parallelism is
+    not done here: vLLM's `LLM` refuses `data_parallel_size > 1` in one process (it could hang; vLLM
+    PR 27282), so several replicas run as `vllm serve` endpoints behind the openai backend (README).
+    """
 
     name = "vllm"
 
@@ -226,7 +235,7 @@ class VLLMBackend:
         from agentark_utils.models import resolve
 
         self.llm = LLM(model=resolve(model), dtype=dtype, tensor_parallel_size=tensor_parallel_size,
-                       trust_remote_code=trust_remote_code)
+                       trust_remote_code=trust_remote_code, enable_prefix_caching=True)
 
     def generate(self, conversations, *, temperature, max_new_tokens, seed, desc="generate"):
         from vllm import SamplingParams
@@ -241,22 +250,80 @@ class VLLMBackend:
                 for o in outputs]
 
 
+def _retryable(error: Exception) -> bool:
+    """Whether another try may succeed: the server was unreachable, too slow, busy (429) or broken (5xx)."""
+    import openai
+
+    if isinstance(error, openai.APIConnectionError):  # timeouts included
+        return True
+    return isinstance(error, openai.APIStatusError) and (error.status_code == 429 or error.status_code >= 500)
+
+
+@dataclass(eq=False)
+class Endpoint:
+    """One server of the openai backend, and its health as seen by this process."""
+
+    url: str
+    client: object
+    failures: int = 0  # failed rounds in a row: the requests in flight when one fails fail as one round
+    last_failure: float = float("-inf")
+    retry_at: float = 0.0  # backed off until then
+    in_flight: int = 0
+    served: int = 0
+    dropped: bool = False
+    last_error: str = ""
+
+
+@dataclass(eq=False)
+class _Call:
+    """The shared state of one `OpenAIBackend.generate` call, guarded by `lock`."""
+
+    n: int
+    lock: threading.Condition
+    pending: deque
+    results: list
+    attempts: list
+    remaining: int
+    error: Exception | None = None
+    closed: bool = False
+
+    def over(self) -> bool:
+        return self.closed or self.error is not None or self.remaining == 0
+
+
 class OpenAIBackend:
-    """An OpenAI-compatible chat server; concurrent requests, one per conversation."""
+    """OpenAI-compatible chat servers: one, or several replicas (`vllm serve` on one node or many).
+
+    Each endpoint has `concurrency` requests in flight at most, and a conversation goes to whichever
+    live endpoint has a free slot. A connection error, a timeout, a 429 or a 5xx puts the
+    conversation back in the queue, for any endpoint, and backs its endpoint off exponentially
+    (backoff_s, 2 backoff_s, ... up to max_backoff_s), during which it gets one request at a time;
+    after `max_failures` failed rounds in a row it leaves the rotation for good (this backend's
+    lifetime). Any other 4xx means the request itself is wrong and raises at once. A conversation is
+    recorded once, from its first successful response, so a retry neither duplicates nor loses it;
+    one that failed `max_attempts` times raises. The client's own retries are off: the policy here
+    spans endpoints. Retries ask for the same sample: the seed is the row's (`row_seeds`).
+    """
 
     name = "openai"
 
-    def __init__(self, model: str, *, base_url: str, concurrency: int = 8, timeout_s: float = 600):
+    def __init__(self, model: str, *, base_url: str | list[str], concurrency: int = 8, timeout_s: float = 600,
+                 max_attempts: int = 5, max_failures: int = 3, backoff_s: float = 1.0, max_backoff_s: float = 60):
         from openai import OpenAI
 
         self.model = model
-        self.client = OpenAI(base_url=base_url, api_key=os.environ.get("OPENAI_API_KEY", "EMPTY"),
-                             timeout=timeout_s)
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        key = os.environ.get("OPENAI_API_KEY", "EMPTY")
+        self.endpoints = [Endpoint(url, OpenAI(base_url=url, api_key=key, timeout=timeout_s, max_retries=0))
+                          for url in urls]
         self.concurrency = concurrency
+        self.max_attempts, self.max_failures = max_attempts, max_failures
+        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
 
-    def _one(self, conversation: Conversation, temperature: float, max_new_tokens: int, seed: int) -> Generation:
+    def _one(self, client, conversation: Conversation, temperature: float, max_new_tokens: int,
+             seed: int) -> Generation:
         began = time.perf_counter()
-        response = self.client.chat.completions.create(
+        response = client.chat.completions.create(
             model=self.model, messages=conversation, temperature=temperature, max_tokens=max_new_tokens, seed=seed
         )
         latency = time.perf_counter() - began
@@ -266,11 +333,95 @@ class OpenAIBackend:
                           usage.completion_tokens if usage else 0, latency,
                           "length" if choice.finish_reason == "length" else "stop")
 
+    def _no_endpoint_left(self, call: _Call) -> RuntimeError:
+        tried = "; ".join(f"{e.url} ({e.last_error})" for e in self.endpoints)
+        return RuntimeError(f"every openai endpoint failed and was dropped, {call.remaining} of {call.n} "
+                            f"conversations not generated: {tried}")
+
+    def _failed(self, endpoint: Endpoint, started: float, error: Exception) -> None:
+        """Count a failed request against its endpoint: back it off, or drop it."""
+        endpoint.last_error = f"{type(error).__name__}: {error}"
+        if started < endpoint.last_failure:
+            return  # in flight when the endpoint last failed: the same round
+        now = time.monotonic()
+        endpoint.failures += 1
+        endpoint.last_failure = now
+        if endpoint.failures >= self.max_failures:
+            endpoint.dropped = True
+            warnings.warn(f"openai endpoint {endpoint.url} dropped after {endpoint.failures} failed rounds: "
+                          f"{endpoint.last_error}", RuntimeWarning, stacklevel=2)
+        else:
+            endpoint.retry_at = now + min(self.backoff_s * 2 ** (endpoint.failures - 1), self.max_backoff_s)
+
+    def _serve(self, endpoint: Endpoint, call: _Call, conversations, seeds, temperature, max_new_tokens, bar):
+        """One request slot of `endpoint`: take a pending conversation whenever the endpoint may get one."""
+        while True:
+            with call.lock:
+                while True:
+                    if call.over() or endpoint.dropped:
+                        return
+                    now = time.monotonic()
+                    backing_off = now < endpoint.retry_at
+                    probing = endpoint.failures > 0 and endpoint.in_flight > 0
+                    if call.pending and not backing_off and not probing:
+                        break
+                    call.lock.wait(endpoint.retry_at - now if call.pending and backing_off else None)
+                row = call.pending.popleft()
+                endpoint.in_flight += 1
+                started = time.monotonic()
+            try:
+                generation, error = self._one(endpoint.client, conversations[row], temperature, max_new_tokens,
+                                              seeds[row]), None
+            except Exception as caught:  # sorted below: retried, or ends the call
+                generation, error = None, caught
+            with call.lock:
+                endpoint.in_flight -= 1
+                if error is None:
+                    endpoint.failures, endpoint.served = 0, endpoint.served + 1
+                    call.results[row] = generation
+                    call.remaining -= 1
+                    bar.update(1)
+                elif not _retryable(error):
+                    status = getattr(error, "status_code", None)
+                    call.error = call.error or (RuntimeError(
+                        f"{endpoint.url} refused the request with HTTP {status} (not retried: check the model "
+                        f"name {self.model!r} and OPENAI_API_KEY): {error}") if status else error)
+                else:
+                    self._failed(endpoint, started, error)
+                    call.attempts[row] += 1
+                    if call.attempts[row] >= self.max_attempts:
+                        call.error = call.error or RuntimeError(
+                            f"conversation {row} failed {call.attempts[row]} times; last, on {endpoint.url}: "
+                            f"{endpoint.last_error}")
+                    call.pending.appendleft(row)
+                    if all(e.dropped for e in self.endpoints):
+                        call.error = call.error or self._no_endpoint_left(call)
+                call.lock.notify_all()
+
     def generate(self, conversations, *, temperature, max_new_tokens, seed, desc="generate"):
-        with ThreadPoolExecutor(self.concurrency) as pool:
-            futures = [pool.submit(self._one, c, temperature, max_new_tokens, s)
-                       for c, s in zip(conversations, row_seeds(conversations, seed))]
-            return [f.result() for f in tqdm(futures, desc=desc, unit="gen", leave=False)]
+        n = len(conversations)
+        call = _Call(n, threading.Condition(), deque(range(n)), [None] * n, [0] * n, remaining=n)
+        live = [e for e in self.endpoints if not e.dropped]
+        if n and not live:
+            raise self._no_endpoint_left(call)
+        seeds = row_seeds(conversations, seed)
+        bar = tqdm(total=n, desc=desc, unit="gen", leave=False)
+        slots = [threading.Thread(target=self._serve, daemon=True,
+                                  args=(endpoint, call, conversations, seeds, temperature, max_new_tokens, bar))
+                 for endpoint in live for _ in range(min(self.concurrency, n))]
+        for slot in slots:
+            slot.start()
+        with call.lock:
+            while not call.over():
+                call.lock.wait()
+            call.closed = True
+            call.lock.notify_all()
+        bar.close()
+        if call.error is not None:
+            raise call.error  # slots still waiting on a server finish on their own; their answers are dropped
+        for slot in slots:
+            slot.join()
+        return call.results
 
 
 def make_backend(params: ModelParams, role: str = "teacher") -> Backend:
@@ -282,4 +433,4 @@ def make_backend(params: ModelParams, role: str = "teacher") -> Backend:
     if params.backend == "vllm":
         return VLLMBackend(model, dtype=params.dtype, tensor_parallel_size=params.tensor_parallel_size,
                            trust_remote_code=params.trust_remote_code)
-    return OpenAIBackend(model, base_url=params.openai_base_url, concurrency=params.batch_size)
+    return OpenAIBackend(model, base_url=params.openai_base_url, concurrency=params.batch_size)  # per endpoint

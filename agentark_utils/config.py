@@ -30,9 +30,9 @@ class ModelParams(_Section):
     backend: Literal["hf", "vllm", "openai"] = "hf"
     dtype: Literal["bfloat16", "float16", "float32", "auto"] = "bfloat16"
     device: str = "auto"
-    batch_size: int = Field(default=16, ge=1)
+    batch_size: int = Field(default=16, ge=1)  # hf: sequences per batch; openai: requests in flight per endpoint
     trust_remote_code: bool = False
-    openai_base_url: str | None = None
+    openai_base_url: str | list[str] | None = None  # one server, or several replicas that share the requests
     tensor_parallel_size: int = Field(default=1, ge=1)
     launcher: str | None = None  # a command prefix that runs SFT/PRM/GRPO in several processes (launch.py)
 
@@ -57,10 +57,21 @@ class ModelParams(_Section):
             return value
         raise ValueError(f"unknown device {value!r}; use auto, cpu, cuda, cuda:N or mps")
 
+    @field_validator("openai_base_url")
+    @classmethod
+    def _distinct_urls(cls, value: str | list[str] | None) -> str | list[str] | None:
+        urls = [value] if isinstance(value, str) else value or []
+        if any(not url.strip() for url in urls):
+            raise ValueError("an empty URL")
+        if len(set(urls)) < len(urls):
+            raise ValueError(f"a URL given twice: {sorted({u for u in urls if urls.count(u) > 1})}")
+        return value
+
     @model_validator(mode="after")
     def _openai_needs_url(self) -> "ModelParams":
         if self.backend == "openai" and not self.openai_base_url:
-            raise ValueError("backend 'openai' needs openai_base_url (e.g. http://127.0.0.1:8000/v1)")
+            raise ValueError("backend 'openai' needs openai_base_url: a URL or a list of them "
+                             "(e.g. http://127.0.0.1:8000/v1)")
         return self
 
 

@@ -2,13 +2,16 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from contextlib import contextmanager
+from types import SimpleNamespace
 
 import pytest
 
-from agentark_utils.backends import (Generation, HFBackend, OpenAIBackend, _common_prefix, decode_batch, make_backend,
-                                     row_seeds)
+from agentark_utils.backends import (Generation, HFBackend, OpenAIBackend, VLLMBackend, _common_prefix, decode_batch,
+                                     make_backend, row_seeds)
 from agentark_utils.config import ModelParams
 from agentark_utils.models import ModelNotFoundError
 
@@ -197,13 +200,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model_dir):
-    """A real OpenAI-compatible server (`transformers serve`) on loopback, serving the tiny model."""
+@contextmanager
+def serving(model_dir):
+    """A real OpenAI-compatible server (`transformers serve`) on loopback, serving `model_dir`;
+    yields (process, base URL)."""
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
-        [os.path.join(os.path.dirname(sys.executable), "transformers"), "serve", str(tiny_model_dir),
+        [os.path.join(os.path.dirname(sys.executable), "transformers"), "serve", str(model_dir),
          "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype", "float32"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
     )
@@ -219,10 +223,16 @@ def server(tiny_model_dir):
                 time.sleep(0.5)
         else:
             pytest.fail("transformers serve did not come up in 60 s")
-        yield f"{url}/v1"
+        yield proc, f"{url}/v1"
     finally:
-        proc.terminate()
+        proc.kill()
         proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir):
+    with serving(tiny_model_dir) as (_, url):
+        yield url
 
 
 def test_openai_backend_against_a_real_loopback_server(server, tiny_model_dir, hf, monkeypatch):
@@ -238,3 +248,177 @@ def test_openai_backend_against_a_real_loopback_server(server, tiny_model_dir, h
         assert 1 <= remote.completion_tokens <= 8
         assert remote.latency_s > 0
     assert "sk-test-secret" not in repr(backend.__dict__)
+
+
+# --- the openai backend over several endpoints -------------------------------------------------------------
+
+
+def test_openai_backend_spreads_over_two_real_servers_and_survives_one_killed_mid_run(server, tiny_model_dir, hf):
+    """24 conversations over two loopback servers; the second is SIGKILLed after its third answer.
+    Every conversation gets exactly one generation, in order, with the same greedy text as HF."""
+    conversations = [[{"role": "user", "content": f"Calculate {i} + {2 * i + 1}."}] for i in range(24)]
+    expected = [g.text for g in hf.generate(conversations, temperature=0.0, max_new_tokens=6, seed=0)]
+    with serving(tiny_model_dir) as (victim_proc, victim_url):
+        backend = make_backend(ModelParams(teacher=str(tiny_model_dir), student="x", backend="openai",
+                                           openai_base_url=[server, victim_url], batch_size=2))
+        survivor, victim = backend.endpoints
+        assert [survivor.url, victim.url] == [server, victim_url]
+        for endpoint in backend.endpoints:
+            endpoint.client = endpoint.client.with_options(timeout=20)  # no request hangs the test
+            assert endpoint.client.max_retries == 0  # the backend retries, across endpoints
+        create = victim.client.chat.completions.create
+        sent, answered = [], []
+
+        def answer_then_die(**kwargs):
+            sent.append(kwargs)
+            response = create(**kwargs)
+            answered.append(response)
+            if len(answered) == 3:  # die with the other slot's request in flight
+                deadline = time.monotonic() + 5
+                while victim.in_flight < 2 and time.monotonic() < deadline:
+                    time.sleep(0.001)
+                victim_proc.kill()
+            return response
+
+        victim.client.chat.completions.create = answer_then_die
+        began = time.monotonic()
+        with pytest.warns(RuntimeWarning, match=f"endpoint {victim_url} dropped"):
+            gens = backend.generate(conversations, temperature=0.0, max_new_tokens=6, seed=0)
+        assert time.monotonic() - began < 60
+    assert victim_proc.poll() is not None  # it really died during the call
+    assert [g.text for g in gens] == expected
+    assert victim.dropped and not survivor.dropped
+    assert victim.served >= 3 and survivor.served + victim.served == len(conversations)  # none twice, none lost
+    assert len(sent) > victim.served  # requests the victim took and never answered, re-sent to the survivor
+
+
+class StandIn:
+    """A stand-in OpenAI client: `script(kwargs, n)` answers its n-th request (from 0) or raises."""
+
+    def __init__(self, script):
+        self.script, self.calls, self.lock = script, [], threading.Lock()
+        self.chat = SimpleNamespace(completions=SimpleNamespace(create=self.create))
+
+    def create(self, **kwargs):
+        with self.lock:
+            n = len(self.calls)
+            self.calls.append((time.monotonic(), kwargs))
+        outcome = self.script(kwargs, n)
+        if isinstance(outcome, Exception):
+            raise outcome
+        choice = SimpleNamespace(message=SimpleNamespace(content=outcome), finish_reason="length")
+        return SimpleNamespace(usage=SimpleNamespace(prompt_tokens=5, completion_tokens=2), choices=[choice])
+
+
+def echo(kwargs, n):
+    return f"{kwargs['messages'][-1]['content']}|{kwargs['seed']}"
+
+
+def refused(*_):
+    import openai
+
+    return openai.APIConnectionError(request=None)
+
+
+def http_error(status):
+    import openai
+
+    cls = {400: openai.BadRequestError, 429: openai.RateLimitError, 503: openai.InternalServerError}[status]
+    return cls(f"HTTP {status}", response=SimpleNamespace(status_code=status, request=None, headers={}), body=None)
+
+
+def stand_in_backend(*scripts, **options) -> OpenAIBackend:
+    urls = [f"http://127.0.0.1:{9 + i}/v1" for i in range(len(scripts))]  # never contacted
+    backend = OpenAIBackend("m", base_url=urls if len(urls) > 1 else urls[0], **options)
+    for endpoint, script in zip(backend.endpoints, scripts):
+        endpoint.client = StandIn(script)
+    return backend
+
+
+QUESTIONS = [[{"role": "user", "content": f"q{i}"}] for i in range(6)]
+
+
+def test_openai_retries_with_exponential_backoff_and_asks_for_the_same_sample():
+    outcomes = [refused(), http_error(503), http_error(429)]
+    backend = stand_in_backend(lambda kwargs, n: outcomes[n] if n < 3 else echo(kwargs, n), concurrency=1,
+                               backoff_s=0.05, max_failures=4)
+    gens = backend.generate(QUESTIONS[:2], temperature=0.7, max_new_tokens=4, seed=1)
+    seeds = row_seeds(QUESTIONS[:2], 1)
+    assert [g.text for g in gens] == [f"q0|{seeds[0]}", f"q1|{seeds[1]}"]
+    assert gens[0].finish_reason == "length"
+    calls = backend.endpoints[0].client.calls
+    assert [c[1]["seed"] for c in calls[:4]] == [seeds[0]] * 4  # every retry asks for the same sample
+    gaps = [b[0] - a[0] for a, b in zip(calls, calls[1:4])]
+    assert gaps[0] >= 0.05 and gaps[1] >= 0.1 and gaps[2] >= 0.2  # doubled after each failure
+    assert backend.endpoints[0].failures == 0 and not backend.endpoints[0].dropped  # a success resets it
+
+
+def test_openai_client_error_is_raised_at_once_with_the_endpoint():
+    backend = stand_in_backend(lambda kwargs, n: http_error(400), concurrency=1)
+    with pytest.raises(RuntimeError, match=r"http://127\.0\.0\.1:9/v1 refused the request with HTTP 400"):
+        backend.generate(QUESTIONS, temperature=0.0, max_new_tokens=4, seed=0)
+    assert len(backend.endpoints[0].client.calls) == 1
+
+
+def test_openai_failing_endpoint_is_dropped_and_its_requests_go_elsewhere():
+    backend = stand_in_backend(refused, echo, concurrency=2, backoff_s=0.01, max_failures=3)
+    dying, healthy = backend.endpoints
+
+    def after_the_drop(kwargs, n):  # the healthy endpoint answers only once the other is out
+        deadline = time.monotonic() + 10
+        while not dying.dropped and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return echo(kwargs, n)
+
+    healthy.client.script = after_the_drop
+    with pytest.warns(RuntimeWarning, match="dropped after 3 failed rounds"):
+        gens = backend.generate(QUESTIONS, temperature=0.0, max_new_tokens=4, seed=0)
+    seeds = row_seeds(QUESTIONS, 0)
+    assert [g.text for g in gens] == [f"q{i}|{s}" for i, s in enumerate(seeds)]
+    assert dying.dropped and not healthy.dropped
+    assert len(healthy.client.calls) == len(QUESTIONS)  # each conversation answered once: no duplicate
+    assert 3 <= len(dying.client.calls) <= 4  # a burst of up to 2, then one probe per round
+    tried = len(dying.client.calls)
+    backend.generate(QUESTIONS, temperature=0.0, max_new_tokens=4, seed=1)
+    assert len(dying.client.calls) == tried  # it stays out of the rotation
+
+
+def test_openai_all_endpoints_dead_names_them_and_poison_requests_are_bounded():
+    backend = stand_in_backend(refused, refused, concurrency=2, backoff_s=0.01, max_failures=2)
+    with pytest.warns(RuntimeWarning), pytest.raises(RuntimeError) as error:
+        backend.generate(QUESTIONS, temperature=0.0, max_new_tokens=4, seed=0)
+    message = str(error.value)
+    assert "every openai endpoint failed" in message and "6 of 6 conversations" in message
+    assert "http://127.0.0.1:9/v1 (APIConnectionError" in message and "http://127.0.0.1:10/v1" in message
+
+    def poisoned(kwargs, n):
+        return http_error(503) if kwargs["messages"][-1]["content"] == "q3" else echo(kwargs, n)
+
+    backend = stand_in_backend(poisoned, poisoned, concurrency=1, backoff_s=0.001, max_failures=100,
+                               max_attempts=4)
+    with pytest.raises(RuntimeError, match="conversation 3 failed 4 times"):
+        backend.generate(QUESTIONS, temperature=0.0, max_new_tokens=4, seed=0)
+
+
+def test_vllm_backend_runs_one_tensor_parallel_engine_with_prefix_caching(monkeypatch, tiny_model_dir):
+    made = []
+
+    class LLM:
+        def __init__(self, **kwargs):
+            made.append(kwargs)
+
+        def chat(self, conversations, params, use_tqdm):
+            return [SimpleNamespace(prompt_token_ids=[1] * 7, outputs=[SimpleNamespace(
+                text=f"{c[-1]['content']}|{p.seed}", token_ids=[1, 2], finish_reason="length" if i else "stop")])
+                for i, (c, p) in enumerate(zip(conversations, params))]
+
+    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=LLM, SamplingParams=SimpleNamespace))
+    backend = make_backend(ModelParams(teacher=str(tiny_model_dir), student="x", backend="vllm",
+                                       tensor_parallel_size=2))
+    assert isinstance(backend, VLLMBackend)
+    assert made == [{"model": str(tiny_model_dir), "dtype": "bfloat16", "tensor_parallel_size": 2,
+                     "trust_remote_code": False, "enable_prefix_caching": True}]
+    gens = backend.generate(QUESTIONS[:2], temperature=0.5, max_new_tokens=4, seed=3)
+    seeds = row_seeds(QUESTIONS[:2], 3)
+    assert [g.text for g in gens] == [f"q0|{seeds[0]}", f"q1|{seeds[1]}"]
+    assert [g.finish_reason for g in gens] == ["stop", "length"]

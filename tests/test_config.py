@@ -51,6 +51,9 @@ DELETE = object()
         ("model.teacher", "", "model.teacher: String should have at least 1 character"),
         ("model.trust_remote_code", "maybe", "model.trust_remote_code: Input should be a valid boolean"),
         ("model.backend", "openai", "backend 'openai' needs openai_base_url"),
+        ("model.openai_base_url", ["http://a:8000/v1", "http://b:8000/v1", "http://a:8000/v1"],
+         "model.openai_base_url: a URL given twice: ['http://a:8000/v1']"),
+        ("model.openai_base_url", ["http://a:8000/v1", " "], "model.openai_base_url: an empty URL"),
         ("model.launcher", "no-such-launcher launch", "model.launcher: launcher command 'no-such-launcher' is not on PATH"),
         ("model.launcher", "  ", "model.launcher: launcher command '  ' is not on PATH"),
         ("extraction.k", 4, "extraction.k: Input should be 1, 2 or 3"),
@@ -86,6 +89,17 @@ def test_bad_params_name_the_key(path, value, message):
         validate(with_change(path, value), source="params.yaml")
     assert message in str(error.value)
     assert str(error.value).startswith("params.yaml:")
+
+
+def test_openai_base_url_takes_one_url_or_a_list():
+    for urls in ("http://127.0.0.1:8000/v1", ["http://10.0.0.1:8000/v1", "http://10.0.0.2:8000/v1"]):
+        params = with_change("model.backend", "openai")
+        params["model"]["openai_base_url"] = urls
+        assert validate(params).model.openai_base_url == urls
+    params = with_change("model.backend", "openai")
+    params["model"]["openai_base_url"] = []
+    with pytest.raises(ParamsError, match="backend 'openai' needs openai_base_url: a URL or a list"):
+        validate(params)
 
 
 def test_every_bad_key_is_reported_at_once():
