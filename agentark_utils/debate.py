@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from agentark_utils import answers
 from agentark_utils.backends import Backend, Generation
-from agentark_utils.config import DebateParams
+from agentark_utils.config import DebateParams, ModelParams
 from agentark_utils.runs import fingerprint as _fingerprint
 from agentark_utils.runs import resume_jsonl, source_digest
 from agentark_utils.store import append_jsonl, read_jsonl
@@ -248,10 +248,18 @@ def debate_chunk(questions: list[Question], backend: Backend, cfg: DebateParams,
     return records
 
 
+# The model settings that shape a generation. Batch size, device, endpoints and launcher do not
+# (samples are seeded per conversation), so changing them keeps every finished record.
+GENERATION_KEYS = {"teacher", "backend", "dtype", "trust_remote_code"}
+
+
 def fingerprint(*sections) -> str:
-    """A hash of the settings, prompts and grading code that shape every record of a run."""
-    return _fingerprint([s.model_dump() if hasattr(s, "model_dump") else s for s in sections], rendered_prompts(),
-                        source_digest("agentark_utils.answers"))
+    """A hash of the settings, prompts and grading code that shape every record of a run. The
+    questions are not in it: each record's stamp adds its own (`record_fingerprint`), so growing a
+    split debates only the new questions."""
+    dumped = [s.model_dump(include=GENERATION_KEYS) if isinstance(s, ModelParams)
+              else s.model_dump() if hasattr(s, "model_dump") else s for s in sections]
+    return _fingerprint(dumped, rendered_prompts(), source_digest("agentark_utils.answers"))
 
 
 def record_fingerprint(run_fingerprint: str, question: Question) -> str:

@@ -243,3 +243,14 @@ def test_a_changed_prompt_wording_changes_the_fingerprint(monkeypatch):
 def test_odd_model_outputs_are_unparsed_or_graded_never_a_crash(text):
     (record,) = debate_chunk([Q1], ScriptedBackend(lambda c, i, t: text), cfg(rounds=1), seed=0)
     assert record["single"]["status"] in {"unparsed", "wrong"}
+
+
+def test_speed_only_model_settings_keep_the_records():
+    """Batch size, device and endpoints change no sample: records survive them; the teacher does not."""
+    from agentark_utils.config import ModelParams
+
+    base = ModelParams(teacher="t", student="s", batch_size=8)
+    params = cfg()
+    same = base.model_copy(update={"batch_size": 64, "device": "cpu", "launcher": None})
+    assert fingerprint(same, params) == fingerprint(base, params)
+    assert fingerprint(base.model_copy(update={"teacher": "other"}), params) != fingerprint(base, params)
