@@ -100,11 +100,7 @@ def headline_table(held_out: dict[str, list[dict]], predictions: list[dict], res
             if name == baseline or (baseline, test_set) not in correct:
                 paired.append({})
                 continue
-            comparison = metrics.paired_comparison(correct[(name, test_set)], correct[(baseline, test_set)])
-            n = len(correct[(name, test_set)])
-            discordance = (comparison["gained"] + comparison["lost"]) / n
-            comparison["mde"] = metrics.minimum_detectable_effect(n, discordance) if discordance else float("nan")
-            paired.append(comparison)
+            paired.append(metrics.paired_with_power(correct[(name, test_set)], correct[(baseline, test_set)]))
         for key in ("difference", "ci95", "gained", "lost", "mcnemar_p", "mde"):
             table[f"vs_{baseline}_{key}"] = [p.get(key, float("nan")) for p in paired]
     return table

@@ -159,6 +159,12 @@ def debate_metrics(records: list[dict]) -> dict:
         out["consensus_fraction"] = sum(r["debate"]["consensus_round"] is not None for r in subset) / max(len(subset), 1)
         # where the debate's final answer came from: consensus, the summarizer, or the majority fallback
         out["final_source"] = dict(Counter(r["debate"]["final"].get("source", "unrecorded") for r in subset))
+        # the calibration question: does the debate beat the greedy single agent on the same questions?
+        single = [r["single"]["status"] == "correct" for r in subset]
+        for system in ("debate", "debate_majority", "single_sampled"):
+            ran = [system_outcome(r, system) for r in subset]
+            if subset and None not in ran:
+                out[f"{system}_vs_single"] = paired_with_power([o["status"] == "correct" for o in ran], single)
         return out
 
     result = block(records)
@@ -285,6 +291,15 @@ def paired_comparison(model: Sequence[bool], base: Sequence[bool]) -> dict:
     return {"difference": (gained - lost) / model.size if model.size else float("nan"),
             "ci95": paired_difference_ci(both, gained, lost, neither), "gained": gained, "lost": lost,
             "mcnemar_p": mcnemar_p(gained, lost)}
+
+
+def paired_with_power(model: Sequence[bool], base: Sequence[bool]) -> dict:
+    """`paired_comparison`, plus the minimum detectable effect at the observed discordance (NaN
+    where nothing was discordant or no effect is detectable)."""
+    comparison = paired_comparison(model, base)
+    discordance = (comparison["gained"] + comparison["lost"]) / max(len(model), 1)
+    comparison["mde"] = minimum_detectable_effect(len(model), discordance) if discordance else float("nan")
+    return comparison
 
 
 def accuracy_by_stratum(questions: Sequence, correct: Sequence[bool]) -> pd.DataFrame:

@@ -254,3 +254,14 @@ def test_speed_only_model_settings_keep_the_records():
     same = base.model_copy(update={"batch_size": 64, "device": "cpu", "launcher": None})
     assert fingerprint(same, params) == fingerprint(base, params)
     assert fingerprint(base.model_copy(update={"teacher": "other"}), params) != fingerprint(base, params)
+
+
+def test_debate_metrics_pair_the_debate_with_the_greedy_single_agent():
+    """Greedy answers 4 (wrong), sampled agents 5: the debate gains every question over the single agent."""
+    backend = ScriptedBackend(lambda c, i, t: "Final Answer: 5" if t > 0 else "Final Answer: 4")
+    records = [dict(r, split="test") for r in debate_chunk(
+        [Q1, Question("q2", "t", "What is 1 + 4?", "5", "math")], backend, cfg(rounds=1), seed=0)]
+    block = metrics.debate_metrics(records)["by_split"]["test"]
+    assert block["debate_vs_single"]["gained"] == 2 and block["debate_vs_single"]["lost"] == 0
+    assert block["single_sampled_vs_single"]["gained"] == 2
+    assert block["final_source"] == {"consensus": 2}
