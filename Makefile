@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # DVC stage commands call `python`: make it the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup repro test bench bench-pipeline clean-venv gpu-wheels gpu-smoke
+.PHONY: setup repro test calibrate bench bench-pipeline clean-venv gpu-wheels gpu-smoke
 
 setup: $(STAMP)
 
@@ -27,6 +27,15 @@ repro: setup
 
 test: setup
 	pytest -q
+
+# The calibration sweep (params.yaml `calibration`): each setting a DVC experiment of the debate
+# stage on held-out questions, then notebooks/11_calibration.ipynb reads `dvc exp show --json`.
+calibrate: setup
+	dvc repro provision_model
+	python -m agentark_utils.calibration
+	mkdir -p results/calibration
+	dvc exp show --json > results/calibration/experiments.json
+	papermill -k agentark --no-progress-bar notebooks/11_calibration.ipynb results/calibration/11_calibration.ipynb
 
 # Speed and cost figures (README "Performance"): prints them, writes results/benchmarks/*.json.
 bench: setup

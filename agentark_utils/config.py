@@ -336,6 +336,24 @@ class OpenEndedParams(_Section):
         return self
 
 
+class CalibrationParams(_Section):
+    """Section `calibration`: the settings swept to calibrate the default (calibration.py)."""
+
+    n_test: int = Field(default=100, ge=1)  # held-out questions per setting
+    settings: list[dict[str, str | int | float | bool | list]] = Field(default_factory=list)
+
+    @field_validator("settings")
+    @classmethod
+    def _known_keys(cls, value: list[dict]) -> list[dict]:
+        sections = {"data": DataParams, "debate": DebateParams}
+        for setting in value:
+            for key in setting:
+                section, _, name = key.partition(".")
+                if section not in sections or name not in sections[section].model_fields:
+                    raise ValueError(f"setting key {key!r} is not a data.* or debate.* parameter")
+        return value
+
+
 class OpenEndedStage(_Section):
     model: ModelParams
     evaluation: EvaluationParams
@@ -363,6 +381,7 @@ class Params(DebateStage):
     robustness: RobustnessParams
     scaling: ScalingParams
     open_ended: OpenEndedParams
+    calibration: CalibrationParams
 
 
 def _format(error: ValidationError, source: str) -> str:

@@ -286,3 +286,25 @@ def open_ended_scores(summary: pd.DataFrame, paper_truthfulqa: pd.DataFrame, pat
     paper_ax.set(xlabel="score", ylabel="", xlim=(0, 1), title="Paper Table 2: TruthfulQA (Qwen3-8B student)")
     paper_ax.legend(fontsize=8, title="model", loc="lower right")
     return _save(fig, path)
+
+
+def calibration_sweep(table: pd.DataFrame, path: str | Path | None = None):
+    """Per calibration setting: the greedy single agent, the debate's final answer and its majority
+    vote, with 95 % Wilson CIs, on the same held-out questions."""
+    from agentark_utils.metrics import wilson_ci
+
+    sns.set_theme(style="whitegrid")
+    systems = {"single": "single agent (greedy)", "debate": "debate (final answer)", "debate_majority": "debate (majority)"}
+    labels = [f"{r.task}, T={r.temperature}, {r.peer_view}, {r.n_agents}x{r.rounds}" for r in table.itertuples()]
+    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(table) + 1.6))
+    for offset, (column, name) in zip((-0.2, 0.0, 0.2), systems.items()):
+        for i, row in table.iterrows():
+            low, high = wilson_ci(round(row[column] * row["n"]), row["n"])
+            ax.errorbar(row[column], i + offset, xerr=[[row[column] - low], [high - row[column]]], fmt="o", capsize=3,
+                        color=sns.color_palette("deep")[list(systems).index(column)], label=name if i == 0 else None)
+    ax.set_yticks(range(len(table)), labels)
+    ax.invert_yaxis()
+    ax.set(xlabel="accuracy on held-out questions (Wilson 95 % CI)", xlim=(0, 1),
+           title="Calibration: does the debate beat the single agent?")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
+    return _save(fig, path)

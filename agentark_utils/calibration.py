@@ -1,0 +1,110 @@
+"""Calibrating the default: at which task difficulty and debate protocol does the debate beat the
+greedy single agent, for this teacher?
+
+The sweep is `params.yaml`'s `calibration` section: a list of settings (overrides of the `data` and
+`debate` sections). Each runs as a DVC experiment of the debate stage on held-out questions only
+(`dvc exp run debate -S ...`: no training split, no out-of-domain set, one self-consistency sample,
+since only the debate against the single agent is asked). `read_experiments` turns
+`dvc exp show --json` into one row per experiment for notebooks/11_calibration.ipynb.
+
+    python -m agentark_utils.calibration            # run the sweep (make calibrate does it all)
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+
+from agentark_utils.config import CalibrationParams, load_params
+
+# What every calibration run fixes, whatever the setting: held-out questions only.
+FIXED = {"data.n_train": 0, "data.ood_tasks": [], "debate.self_consistency_samples": 1}
+METRICS_FILE = "results/debate/metrics.json"
+
+
+def _yaml_value(value) -> str:
+    if isinstance(value, list):
+        return "[" + ",".join(_yaml_value(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def overrides(setting: dict, calibration: CalibrationParams) -> list[str]:
+    """The `-S key=value` overrides of one setting, for `dvc exp run`."""
+    values = {**FIXED, "data.n_test": calibration.n_test, **setting}
+    return [f"{key}={_yaml_value(value)}" for key, value in values.items()]
+
+
+def experiment_name(index: int) -> str:
+    return f"calibration-{index:02d}"
+
+
+def run_sweep(params_path: str = "params.yaml") -> None:
+    """Run every setting as a DVC experiment of the debate stage, one after the other, in the
+    workspace; params.yaml and dvc.lock are restored afterwards."""
+    calibration = load_params(params_path).calibration
+    backup = {path: Path(path).read_bytes() for path in ("params.yaml", "dvc.lock") if Path(path).exists()}
+    try:
+        for index, setting in enumerate(calibration.settings):
+            args = [arg for override in overrides(setting, calibration) for arg in ("-S", override)]
+            print(f"calibration {index + 1}/{len(calibration.settings)}: {setting}", flush=True)
+            subprocess.run(["dvc", "exp", "run", "debate", "--force", "-n", experiment_name(index), *args], check=True)
+    finally:
+        for path, content in backup.items():
+            Path(path).write_bytes(content)
+
+
+def _experiments(node) -> list[dict]:
+    """Every experiment entry of `dvc exp show --json` (nested under its baseline commit)."""
+    found = []
+    if isinstance(node, dict):
+        if isinstance(node.get("data"), dict) and "params" in node["data"] and node.get("name"):
+            found.append(node)
+        for value in node.values():
+            found += _experiments(value)
+    elif isinstance(node, list):
+        for value in node:
+            found += _experiments(value)
+    return found
+
+
+def read_experiments(exp_show: list, prefix: str = "calibration-") -> pd.DataFrame:
+    """One row per calibration experiment: its setting and the debate stage's held-out comparison
+    of the debate (final answer and majority) with the greedy single agent."""
+    rows = []
+    for exp in _experiments(exp_show):
+        if not str(exp["name"]).startswith(prefix):
+            continue
+        params = exp["data"]["params"]["params.yaml"]["data"]
+        metrics = (exp["data"].get("metrics") or {}).get(METRICS_FILE, {}).get("data")
+        if not metrics:
+            continue  # a failed or queued run
+        test = metrics["by_split"]["test"]
+        row = {"experiment": exp["name"], "task": params["data"]["task"],
+               **{key: params["debate"][key] for key in ("n_agents", "rounds", "temperature", "peer_view")},
+               "n": test["n_questions"], "single": test["single"]["accuracy"],
+               "single_sampled": test["single_sampled"]["accuracy"], "debate": test["debate"]["accuracy"],
+               "debate_majority": test["debate_majority"]["accuracy"],
+               "extraction_yield": test.get("extraction_yield"),
+               "debate_generated_tokens": test["debate"]["generated_tokens_per_question"]}
+        for system in ("debate", "debate_majority"):
+            paired = test[f"{system}_vs_single"]
+            row.update({f"{system}_vs_single": paired["difference"], f"{system}_vs_single_low": paired["ci95"][0],
+                        f"{system}_vs_single_high": paired["ci95"][1], f"{system}_mcnemar_p": paired["mcnemar_p"],
+                        f"{system}_mde": paired["mde"]})
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values("experiment").reset_index(drop=True) if rows else pd.DataFrame()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the calibration sweep as DVC experiments.")
+    parser.add_argument("--params", default="params.yaml")
+    run_sweep(parser.parse_args(argv).params)
+
+
+if __name__ == "__main__":
+    main()
