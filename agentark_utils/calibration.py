@@ -13,7 +13,9 @@ since only the debate against the single agent is asked). `read_experiments` tur
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -103,7 +105,10 @@ def read_experiments(exp_show: list, prefix: str = "calibration-") -> pd.DataFra
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the calibration sweep as DVC experiments.")
     parser.add_argument("--params", default="params.yaml")
-    run_sweep(parser.parse_args(argv).params)
+    args = parser.parse_args(argv)
+    # A kill (SIGTERM) unwinds like Ctrl-C, so run_sweep restores params.yaml and dvc.lock.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    run_sweep(args.params)
 
 
 if __name__ == "__main__":
