@@ -102,5 +102,6 @@ def headline_table(held_out: dict[str, list[dict]], predictions: list[dict], res
                 continue
             paired.append(metrics.paired_with_power(correct[(name, test_set)], correct[(baseline, test_set)]))
         for key in ("difference", "ci95", "gained", "lost", "mcnemar_p", "mde"):
-            table[f"vs_{baseline}_{key}"] = [p.get(key, float("nan")) for p in paired]
+            missing = [float("nan")] * 2 if key == "ci95" else float("nan")
+            table[f"vs_{baseline}_{key}"] = [p.get(key, missing) for p in paired]
     return table

@@ -232,7 +232,7 @@ def test_same_seed_same_results_twice(tmp_path, tiny_model_dir):
         records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
         runs.append((_without_timings(records), _without_timings(json.loads((out / "metrics.json").read_text()))))
     assert runs[0] == runs[1]
-    assert runs[0][1]["n_questions"] == 4
+    assert runs[0][1]["n_questions"] == 6  # 2 train, 2 test, 2 out-of-domain
 
 
 def test_open_ended_notebook(tmp_path, tiny_model_dir):
