@@ -174,6 +174,8 @@ class PRMParams(_Section):
     max_length: int = Field(default=512, ge=16)
     bf16: bool = True
     save_steps: int = Field(default=10, ge=1)
+    # question-level resamples for the held-out AUROC intervals (PRM, baselines, aggregations)
+    bootstrap_samples: int = Field(default=1000, ge=100)
     seed: int = 0
 
     @model_validator(mode="after")
@@ -186,7 +188,10 @@ class PRMParams(_Section):
 class GRPOParams(_Section):
     """Section `grpo`: policy optimisation of the student against the PRM (Strategy 3)."""
 
-    steps: int = Field(ge=1)
+    # optimizer steps; None: `epochs` passes over the training prompts (grpo.training_steps), so
+    # that every prompt is seen whatever the number of training questions
+    steps: int | None = Field(default=None, ge=1)
+    epochs: int = Field(default=1, ge=1)  # used when steps is None
     group_size: int = Field(ge=2)  # completions per prompt (G); z-scored within the group
     batch_size: int = Field(ge=2)  # completions per optimizer step: a multiple of group_size
     learning_rate: float = Field(gt=0)
@@ -194,7 +199,7 @@ class GRPOParams(_Section):
     epsilon: float = Field(default=0.2, gt=0, lt=1)  # ratio clip
     temperature: float = Field(default=0.5, gt=0)  # rollouts
     max_completion_length: int = Field(ge=1)
-    aggregation: Literal["mean", "min", "softmin"] = "mean"  # PRM step scores -> one reward
+    aggregation: Literal["mean", "min", "softmin", "last"] = "mean"  # PRM step scores -> one reward
     prm_reward_weight: float = Field(default=1.0, ge=0)
     answer_reward_weight: float = Field(default=0.0, ge=0)  # verifiable answer (reference code: 1.0)
     bf16: bool = True

@@ -6,6 +6,12 @@ optionally, the verifiable answer. Advantages are z-scored within the group (the
 the ratio is clipped at 1 +- epsilon and a KL term with weight beta keeps the policy near its start
 (Eqs. 3-4; loss_type "grpo" normalises each completion by its length, as Eq. 4 averages per output).
 
+Sizing: a step takes batch_size / group_size prompts. Unless `steps` is set, the run makes
+`epochs` passes over the training prompts, the prompt list padded with its first prompts to a whole
+number of steps (TRL's sampler drops an incomplete last batch), so every prompt is seen each pass.
+The summary reports the prompts seen and the fraction of groups whose rewards differ: a group whose
+G completions all get the same reward has zero advantages and teaches nothing.
+
 On a GPU with vLLM installed, rollouts go through vLLM (colocated); otherwise through `generate`.
 """
 
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +40,9 @@ LOGGED = {"reward": "reward_mean", "reward_std": "reward_std", "frac_reward_zero
 class GRPOResult:
     steps: int
     n_prompts: int
+    prompts_seen: int  # steps x prompts per step, repeats included
+    epochs_covered: float  # steps / steps of one pass over the (padded) prompts
+    frac_groups_nonzero_std: float  # mean over steps: groups whose rewards differ (a learning signal)
     wall_s: float
     used_vllm: bool
     log: list[dict] = field(default_factory=list)  # one row per step, LOGGED columns
@@ -45,6 +55,26 @@ def prompt_rows(questions: list[Question]) -> list[dict]:
     """GRPO dataset rows: the same prompt the debate and the evaluation use, plus the question."""
     return [{"prompt": [{"role": "user", "content": question_prompt(q)}], "question": json.dumps(q.to_dict())}
             for q in questions]
+
+
+def prompts_per_step(params: GRPOParams) -> int:
+    return params.batch_size // params.group_size
+
+
+def steps_per_epoch(params: GRPOParams, n_prompts: int) -> int:
+    """Optimizer steps of one pass over `n_prompts` prompts, the last step filled up with repeats."""
+    return math.ceil(n_prompts / prompts_per_step(params))
+
+
+def padded_rows(questions: list[Question], params: GRPOParams) -> list[dict]:
+    """The prompt rows, cycled to fill the last step of a pass: TRL's sampler would drop it."""
+    rows = prompt_rows(questions)
+    return [rows[i % len(rows)] for i in range(steps_per_epoch(params, len(rows)) * prompts_per_step(params))]
+
+
+def training_steps(params: GRPOParams, n_prompts: int) -> int:
+    """`steps` when set, else `epochs` whole passes over the prompts."""
+    return params.steps or params.epochs * steps_per_epoch(params, n_prompts)
 
 
 def scorer_dir(scorer) -> str:
@@ -83,8 +113,10 @@ def train_grpo(questions: list[Question], student: str, scorer, out_dir: str | P
     funcs, weights = build_rewards({"prm": params.prm_reward_weight, "answer": params.answer_reward_weight},
                                    scorer, params.aggregation)
     use_vllm = torch_device(device).startswith("cuda") and importlib.util.find_spec("vllm") is not None
+    steps = training_steps(params, len(questions))
+    rows = padded_rows(questions, params)
     config = GRPOConfig(
-        output_dir=str(ckpt_dir), max_steps=params.steps, learning_rate=params.learning_rate,
+        output_dir=str(ckpt_dir), max_steps=steps, learning_rate=params.learning_rate,
         lr_scheduler_type="constant", per_device_train_batch_size=params.batch_size,
         num_generations=params.group_size, beta=params.beta, epsilon=params.epsilon,
         temperature=params.temperature, max_completion_length=params.max_completion_length,
@@ -97,7 +129,7 @@ def train_grpo(questions: list[Question], student: str, scorer, out_dir: str | P
     model, tokenizer = load_causal_lm(student, dtype="float32", device=device, trust_remote_code=trust_remote_code)
     model.train()
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=config,
-                          train_dataset=datasets.Dataset.from_list(prompt_rows(questions)),
+                          train_dataset=datasets.Dataset.from_list(rows),
                           processing_class=tokenizer, callbacks=[stop_on_non_finite_callback()])
     began = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -106,4 +138,8 @@ def train_grpo(questions: list[Question], student: str, scorer, out_dir: str | P
     remove_checkpoints(ckpt_dir)
     log = [{"step": h["step"], **{new: h[old] for old, new in LOGGED.items() if old in h}}
            for h in trainer.state.log_history if "reward" in h]
-    return GRPOResult(steps=params.steps, n_prompts=len(questions), wall_s=wall, used_vllm=use_vllm, log=log)
+    nonzero = [1 - row["frac_zero_std_groups"] for row in log if "frac_zero_std_groups" in row]
+    return GRPOResult(steps=steps, n_prompts=len(questions), prompts_seen=steps * prompts_per_step(params),
+                      epochs_covered=steps / steps_per_epoch(params, len(questions)),
+                      frac_groups_nonzero_std=sum(nonzero) / len(nonzero) if nonzero else float("nan"),
+                      wall_s=wall, used_vllm=use_vllm, log=log)

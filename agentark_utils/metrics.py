@@ -1,5 +1,6 @@
 """Metrics: accuracy with Wilson 95 % CIs, paired differences with Newcombe's interval and McNemar's
-exact test, AUROC, strict and flexible accuracy, unparsed rate, and cost per question.
+exact test, AUROC with a question-level bootstrap CI, strict and flexible accuracy, unparsed rate,
+cost per question, and how many answers two models give differently.
 
 Accuracies are binomial proportions over a few dozen questions: a percentile bootstrap of them
 collapses at such counts (2/32 correct gave [0, 0.156], a zero lower limit the data cannot
@@ -16,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from agentark_utils.answers import EXTRACTORS
+from agentark_utils.answers import EXTRACTORS, answer_key
 
 # The debate stage's systems: single agent (greedy, and sampled at the debate's temperature),
 # self-consistency (held-out splits only), the debate's final answer and its final-round majority.
@@ -315,3 +316,66 @@ def accuracy_by_stratum(questions: Sequence, correct: Sequence[bool]) -> pd.Data
         low, high = wilson_ci(k, n)
         rows.append({"stratum": stratum, "n": n, "accuracy": k / n, "ci_low": low, "ci_high": high})
     return pd.DataFrame(rows, columns=["stratum", "n", "accuracy", "ci_low", "ci_high"])
+
+
+def clustered_auroc(scores: dict[str, Sequence[float]], labels: Sequence[int], clusters: Sequence,
+                    n_boot: int = 1000, seed: int = 0, level: float = 0.95, reference: str | None = None) -> pd.DataFrame:
+    """AUROC of each named score against the same labels, with a cluster (question-level) percentile
+    bootstrap CI: a resample draws whole clusters with replacement and takes the AUROC over all their
+    items. The steps of one question are not independent (they share its traces and its difficulty),
+    so resampling steps would give intervals that are too narrow.
+
+    Every score is computed on the same resamples, so with a `reference` score each row also gets the
+    paired "difference" AUROC(reference) - AUROC(this) and its interval: the reference beats a score
+    beyond noise when that interval's lower limit is above 0. Resamples that miss a class (AUROC
+    undefined) are left out of the percentiles. One row per score, in the given order.
+    """
+    labels, clusters = np.asarray(labels, dtype=bool), np.asarray(clusters)
+    values = {name: np.asarray(s, dtype=float) for name, s in scores.items()}
+    for name, v in values.items():
+        if v.shape != labels.shape:
+            raise ValueError(f"score {name!r} has {v.size} values for {labels.size} labels")
+    if reference is not None and reference not in values:
+        raise ValueError(f"the reference {reference!r} is not among the scores {list(values)}")
+    members = [np.flatnonzero(clusters == c) for c in pd.unique(clusters)]
+    rng = np.random.default_rng(seed)
+    boots = {name: np.empty(n_boot) for name in values}
+    for b in range(n_boot):
+        rows = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))]) if members \
+            else np.array([], dtype=int)
+        for name, v in values.items():
+            boots[name][b] = auroc(v[rows], labels[rows])
+    tail = (1 - level) / 2 * 100
+
+    def interval(samples: np.ndarray) -> list[float]:
+        samples = samples[~np.isnan(samples)]
+        if samples.size == 0:
+            return [float("nan"), float("nan")]
+        return [float(np.percentile(samples, tail)), float(np.percentile(samples, 100 - tail))]
+
+    table = []
+    for name, v in values.items():
+        row = {"score": name, "auroc": auroc(v, labels), **dict(zip(("ci_low", "ci_high"), interval(boots[name])))}
+        if reference is not None:
+            row["difference"] = auroc(values[reference], labels) - row["auroc"]
+            row["difference_ci_low"], row["difference_ci_high"] = interval(boots[reference] - boots[name])
+        table.append(row)
+    return pd.DataFrame(table)
+
+
+def changed_answers(a_predictions: Sequence[dict], b_predictions: Sequence[dict]) -> dict:
+    """How many questions two models answer differently: the extracted answer (compared by
+    `answers.answer_key`, so "18" and "18.0" are the same answer; no answer is an answer of its own)
+    and the correctness ("status" == "correct"). Rows are matched by "id"; both must cover the same
+    questions."""
+    a = {row["id"]: row for row in a_predictions}
+    b = {row["id"]: row for row in b_predictions}
+    if len(a) != len(a_predictions) or len(b) != len(b_predictions):
+        raise ValueError("a question id appears twice in the predictions")
+    if a.keys() != b.keys():
+        raise ValueError(f"the predictions cover different questions: {len(a.keys() ^ b.keys())} ids differ")
+    answer = sum(answer_key(a[i]["answer"]) != answer_key(b[i]["answer"]) for i in a)
+    correctness = sum((a[i]["status"] == "correct") != (b[i]["status"] == "correct") for i in a)
+    n = len(a)
+    return {"n": n, "answer_changed": answer, "answer_changed_fraction": answer / n if n else float("nan"),
+            "correctness_changed": correctness, "correctness_changed_fraction": correctness / n if n else float("nan")}

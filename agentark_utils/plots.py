@@ -97,13 +97,18 @@ def accuracy_grid(results: pd.DataFrame, path: str | Path | None = None):
     return _save(fig, path)
 
 
-def loss_curve(log_history: list[dict], title: str, path: str | Path | None = None):
-    """Training loss per optimizer step."""
+def loss_curve(log_history: list[dict], title: str, path: str | Path | None = None,
+               ylabel: str = "training loss (weighted completion NLL)"):
+    """Training loss per optimizer step; one line per stage where the records carry a "stage" (the
+    PRM's: each stage counts its steps from 1 and, with the same data seed, sees the same batches in
+    the same order, so the lines compare the stages batch for batch)."""
     steps = pd.DataFrame([h for h in log_history if "loss" in h])
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    sns.lineplot(data=steps, x="step", y="loss", marker="o", ax=ax)
-    ax.set(xlabel="optimizer step", ylabel="training loss (weighted completion NLL)", title=title)
+    staged = "stage" in steps
+    sns.lineplot(data=steps, x="step", y="loss", hue="stage" if staged else None, marker="o", ax=ax,
+                 palette="deep" if staged else None)
+    ax.set(xlabel="optimizer step" + (" within the stage" if staged else ""), ylabel=ylabel, title=title)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _save(fig, path)
 
@@ -127,6 +132,22 @@ def prm_scores(scores: pd.DataFrame, path: str | Path | None = None):
 
 GRPO_PANELS = {"reward_mean": "reward (mean over completions)", "frac_zero_std_groups": "groups with zero reward variance",
                "kl": "KL to the start policy", "completion_length": "completion length (tokens)"}
+
+
+def auroc_intervals(tables: dict[str, pd.DataFrame], path: str | Path | None = None):
+    """One panel per table (title -> table): each row's AUROC with its 95 % interval, named by the
+    table's first column; the dotted line is chance (0.5)."""
+    sns.set_theme(style="whitegrid")
+    fig, axes = plt.subplots(1, len(tables), figsize=(5 * len(tables), 3.2), squeeze=False)
+    for ax, (title, table) in zip(axes[0], tables.items()):
+        names = table.iloc[:, 0].astype(str).tolist()
+        ax.errorbar(table["auroc"], names, xerr=[table["auroc"] - table["ci_low"], table["ci_high"] - table["auroc"]],
+                    fmt="o", capsize=3)
+        ax.axvline(0.5, color="grey", linestyle=":", linewidth=1)
+        ax.invert_yaxis()
+        ax.set(xlim=(0, 1), xlabel="AUROC (95 % question-bootstrap CI)", title=title)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def grpo_curves(log: pd.DataFrame, path: str | Path | None = None):

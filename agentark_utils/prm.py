@@ -17,6 +17,10 @@ same question. A batch holds whole questions, so negatives are always in the bat
 
 Curriculum: Stage I trains the head, the last decoder block and the final norm (backbone frozen);
 Stage II trains everything. Each stage is a transformers `Trainer` run with its own step count.
+
+Quality: on held-out traces, the PRM's step AUROC with a question-level bootstrap CI, beside trivial
+scores that know nothing of the steps' content (`BASELINES`) and the untrained head
+(`untrained_scorer`): a PRM that ranks steps no better than those has learnt nothing useful.
 """
 
 from __future__ import annotations
@@ -25,12 +29,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from agentark_utils.config import PRMParams
 from agentark_utils.runs import fingerprint, path_digest
-from agentark_utils.steps import STEP_SEPARATOR, StepTrace
+from agentark_utils.steps import STEP_SEPARATOR, StepTrace, join_steps
 from agentark_utils.training import (prepare_checkpoints, remove_checkpoints,
                                      stop_on_non_finite_callback)
 
@@ -205,7 +210,25 @@ class PRMResult:
     log_history: list[dict] = field(default_factory=list)
 
     def summary(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "log_history"}
+        return {**{k: v for k, v in self.__dict__.items() if k != "log_history"}, **stage_losses(self.log_history)}
+
+
+def stage_losses(log_history: list[dict]) -> dict:
+    """Each stage's mean training loss over the steps both stages ran, the numbers that compare them.
+
+    A logged loss is that of one batch of `batch_questions` questions, and it varies with the batch
+    (how many negatives its positives face) more than with training; each stage restarts its sampler
+    with the same data seed, so Stage II's step k sees Stage I's step-k batch, and these two means are
+    over the same batches. NaN where a stage has no logged step (Stage I resumed from its saved model).
+    """
+    losses = {stage: [h["loss"] for h in log_history if "loss" in h and h["stage"] == stage] for stage in (1, 2)}
+    paired = min(len(losses[1]), len(losses[2]))
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values) if values else float("nan")
+
+    return {"paired_steps": paired, "stage1_loss_same_batches": mean(losses[1][:paired]),
+            "stage2_loss_same_batches": mean(losses[2][:paired])}
 
 
 def train_prm(traces: list[StepTrace], prompts: dict[str, str], base_model: str, out_dir: str | Path,
@@ -321,3 +344,45 @@ def evaluate_prm(scorer: StepScorer, traces: list[StepTrace], prompts: dict[str,
         "auroc": auroc(probs, labels),
     }
     return rows, summary
+
+
+# --- held-out quality against trivial baselines -------------------------------------------------
+
+# Scores that read no step's content, higher = "more likely correct". Under our labels a wrong trace
+# is negative from its divergence to its end, so wrong traces' steps sit late in long traces: a PRM
+# must beat these to show it has learnt more than a trace's shape.
+BASELINES = {
+    "fewer steps": lambda steps, i: -len(steps),  # the trace's step count
+    "shorter trace": lambda steps, i: -len(join_steps(steps)),  # the trace's length in characters
+    "earlier step": lambda steps, i: -i,  # the step's position in its trace
+}
+
+
+def baseline_scores(traces: list[StepTrace]) -> dict[str, list[list[float]]]:
+    """Each baseline's score of every step of every trace, in `StepScorer.score`'s shape."""
+    return {name: [[float(score(t.steps, i)) for i in range(len(t.steps))] for t in traces]
+            for name, score in BASELINES.items()}
+
+
+def untrained_scorer(base_model: str, params: PRMParams, device: str = "auto",
+                     trust_remote_code: bool = False) -> StepScorer:
+    """The PRM before any training: the student with the fresh head `train_prm` starts from (the
+    same seed before the same load), scoring like the trained one."""
+    from transformers import set_seed
+
+    set_seed(params.seed)
+    return StepScorer(base_model, device, max_length=params.max_length, trust_remote_code=trust_remote_code)
+
+
+def step_table(traces: list[StepTrace], scores: dict[str, list[list[float]]]) -> pd.DataFrame:
+    """One row per step that every score scored (a PRM scores no step past `max_length`): question,
+    trace, step index, label, the trace's final correctness and length, and one column per score."""
+    rows = []
+    for k, trace in enumerate(traces):
+        scored = min([len(trace.steps)] + [len(per_trace[k]) for per_trace in scores.values()])
+        rows += [{"question_id": trace.question_id, "trace_id": trace.trace_id, "step": i, "label": trace.labels[i],
+                  "trace_correct": trace.correct, "trace_steps": len(trace.steps),
+                  "trace_chars": len(join_steps(trace.steps)), **{name: s[k][i] for name, s in scores.items()}}
+                 for i in range(scored)]
+    return pd.DataFrame(rows)
+

@@ -3,6 +3,8 @@
 
 - `prm`: the process reward model scores each step of the completion (cut at `STEP_SEPARATOR`);
   the step probabilities are aggregated into one reward by `AGGREGATIONS[aggregation]`.
+  `compare_aggregations` measures, on held-out debate traces, how well each aggregation separates
+  traces with a correct final answer from wrong ones, and how much it follows the trace's length.
 - `answer`: 1.0 when the completion's final answer is verified correct, else 0.0 (the reference
   code's verifiable reward; the paper does not mention one).
 """
@@ -13,7 +15,10 @@ import json
 import math
 from typing import Callable
 
+import pandas as pd
+
 from agentark_utils import answers
+from agentark_utils.metrics import clustered_auroc
 from agentark_utils.steps import split_steps
 from agentark_utils.tasks import Question
 
@@ -28,12 +33,34 @@ AGGREGATIONS: dict[str, Callable[[list[float]], float]] = {
     "mean": lambda scores: sum(scores) / len(scores),
     "min": min,
     "softmin": _softmin,
+    "last": lambda scores: scores[-1],  # the step that states the answer
 }
 
 
 def aggregate(scores: list[float], how: str) -> float:
     """One reward from a completion's step scores; a completion with no step gets 0."""
     return AGGREGATIONS[how](scores) if scores else 0.0
+
+
+def compare_aggregations(table: pd.DataFrame, score: str, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Each aggregation as a judge of whole traces: one row per aggregation with the AUROC of the
+    aggregated trace reward against the trace's final correctness (question-level bootstrap CI) and
+    its Spearman correlation with the trace's step count and character length (negative: it
+    rewards brevity).
+
+    `table`: a `prm.step_table`, one row per scored step with the step score in column `score`. A
+    trace with no scored step is not in it (GRPO gives such a completion 0).
+    """
+    traces = table.groupby(["question_id", "trace_id"], sort=False)
+    shape = traces[["trace_correct", "trace_steps", "trace_chars"]].first()
+    rewards = {how: traces[score].agg(lambda s: aggregate(s.tolist(), how)) for how in AGGREGATIONS}
+    out = clustered_auroc(rewards, shape["trace_correct"], shape.index.get_level_values("question_id"),
+                          n_boot=n_boot, seed=seed).rename(columns={"score": "aggregation"})
+    # Spearman = Pearson on average ranks (pandas' own Spearman needs scipy)
+    for length in ("trace_steps", "trace_chars"):
+        out[f"spearman_{length}"] = [rewards[how].rank().corr(shape[length].rank()) for how in AGGREGATIONS]
+    out.insert(1, "n_traces", len(shape))
+    return out
 
 
 def _text(message) -> str:

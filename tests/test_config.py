@@ -71,7 +71,7 @@ DELETE = object()
         ("scaling.strategies", ["pad"], "scaling.strategies.0: Input should be 'rsft', 'da', 'answer_only' or 'cot'"),
         ("grpo.group_size", 1, "grpo.group_size: Input should be greater than or equal to 2"),
         ("grpo.batch_size", 6, "batch_size (6) must be a multiple of group_size (4)"),
-        ("grpo.aggregation", "median", "grpo.aggregation: Input should be 'mean', 'min' or 'softmin'"),
+        ("grpo.aggregation", "median", "grpo.aggregation: Input should be 'mean', 'min', 'softmin' or 'last'"),
         ("grpo.epsilon", 1.5, "grpo.epsilon: Input should be less than 1"),
         ("grpo.answer_reward_weight", -1, "grpo.answer_reward_weight"),
         ("grpo.prm_reward_weight", 0, "both 0: nothing to optimise"),

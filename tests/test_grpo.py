@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from agentark_utils.config import GRPOParams, PRMParams
-from agentark_utils.grpo import prompt_rows, train_grpo
+from agentark_utils.grpo import padded_rows, prompt_rows, train_grpo, training_steps
 from agentark_utils.prm import StepScorer, load_prm
 from agentark_utils.tasks import Question
 
@@ -62,3 +62,54 @@ def test_a_prm_directory_is_scored_at_prm_max_length(tiny_model_dir, tmp_path, m
     assert built["prm_dir"] == str(tmp_path / "prm") and built["max_length"] == 2048
     with pytest.raises(ValueError, match="prm_max_length"):
         train_grpo(QUESTIONS, str(tiny_model_dir), str(tmp_path / "prm"), tmp_path / "pad", params, device="cpu")
+
+
+@pytest.mark.parametrize("n_prompts, update, steps", [
+    (19, {}, 10),  # 2 prompts per step: 10 steps, the last one with a repeat
+    (20, {}, 10),
+    (19, {"epochs": 3}, 30),
+    (19, {"steps": 7}, 7),  # set steps win over epochs
+    (1, {}, 1),
+])
+def test_training_steps_cover_every_prompt(n_prompts, update, steps):
+    params = GRPOParams(group_size=4, batch_size=8, learning_rate=1e-5, max_completion_length=8, **update)
+    assert training_steps(params, n_prompts) == steps
+
+
+@pytest.mark.parametrize("n, batch_size, ids", [
+    (4, 4, ["q0", "q1", "q2", "q3"]),
+    (3, 4, ["q0", "q1", "q2", "q0"]),  # 2 prompts per step: the last step is filled up
+    (1, 8, ["q0"] * 4),
+])
+def test_padded_rows_fill_the_last_step(n, batch_size, ids):
+    params = GRPOParams(group_size=2, batch_size=batch_size, learning_rate=1e-5, max_completion_length=8)
+    rows = padded_rows(QUESTIONS[:n], params)
+    assert [Question.from_dict(__import__("json").loads(r["question"])).id for r in rows] == ids
+
+
+def test_one_epoch_sees_every_prompt_and_reports_it(tiny_model_dir, tmp_path, monkeypatch):
+    """5 prompts at 2 per step: without the filled-up last step TRL's sampler drops one in each pass."""
+    import json
+
+    from agentark_utils import rewards
+
+    seen = []
+
+    def recording_reward(prompts, completions, question, **_):
+        seen.extend(Question.from_dict(json.loads(q)).id for q in question)
+        return [float(len(c[-1]["content"]) % 3) for c in completions]  # differs within most groups
+
+    recording_reward.__name__ = "recording"
+    monkeypatch.setitem(rewards.REWARDS, "answer", lambda scorer, aggregation: recording_reward)
+    prm, tok = load_prm(str(tiny_model_dir))
+    prm.save_pretrained(tmp_path / "prm")
+    tok.save_pretrained(tmp_path / "prm")
+    params = GRPOParams(group_size=2, batch_size=4, learning_rate=1e-2, max_completion_length=8, temperature=1.0,
+                        prm_reward_weight=0.0, answer_reward_weight=1.0, bf16=False)
+    questions = QUESTIONS + [Question("q4", "t", "What is 4 + 1?", "5", "number")]
+    result = train_grpo(questions, str(tiny_model_dir), str(tmp_path / "prm"), tmp_path / "pad", params,
+                        device="cpu", prm_max_length=512)
+    assert set(seen) == {q.id for q in questions} and len(seen) == 3 * 4  # 3 steps x 4 completions
+    assert (result.steps, result.n_prompts, result.prompts_seen, result.epochs_covered) == (3, 5, 6, 1.0)
+    expected = sum(1 - row["frac_zero_std_groups"] for row in result.log) / 3
+    assert result.frac_groups_nonzero_std == pytest.approx(expected) and 0 <= expected <= 1

@@ -190,3 +190,72 @@ def test_minimum_detectable_effect_shrinks_with_more_questions():
     assert large < small
     assert metrics.mcnemar_power(200, 0.3, large) >= 0.8 > metrics.mcnemar_power(200, 0.3, large - 0.01)
     assert np.isnan(metrics.minimum_detectable_effect(32, 0.2))  # 32 questions at 20 % discordance: nothing
+
+
+def test_clustered_auroc_resamples_whole_questions():
+    # question A holds only positives, B only negatives: a resample of A twice or B twice has one
+    # class (no AUROC, left out), so every defined resample holds A and B once: a CI of one point
+    scores, labels, clusters = [0.9, 0.2, 0.4, 0.1], [1, 1, 0, 0], ["A", "A", "B", "B"]
+    table = metrics.clustered_auroc({"prm": scores}, labels, clusters, n_boot=200, seed=0)
+    full = metrics.auroc(scores, labels)
+    assert full == 0.75
+    assert table.loc[0, ["auroc", "ci_low", "ci_high"]].tolist() == [full, full, full]
+    # resampled step by step (each step its own cluster) the interval is not one point
+    steps = metrics.clustered_auroc({"prm": scores}, labels, [0, 1, 2, 3], n_boot=200, seed=0)
+    assert steps.loc[0, "ci_low"] < full
+
+
+def test_clustered_auroc_is_wider_than_a_step_bootstrap_when_questions_differ():
+    rng = np.random.default_rng(1)
+    scores, labels, clusters = [], [], []
+    for q in range(8):  # the score ranks steps well in half the questions and backwards in the others
+        sign = 1 if q % 2 else -1
+        for _ in range(40):
+            label = int(rng.random() < 0.5)
+            scores.append(sign * label + rng.normal(0, 0.3))
+            labels.append(label)
+            clusters.append(q)
+    by_question = metrics.clustered_auroc({"s": scores}, labels, clusters, n_boot=300, seed=0).loc[0]
+    by_step = metrics.clustered_auroc({"s": scores}, labels, range(len(labels)), n_boot=300, seed=0).loc[0]
+    assert by_question["auroc"] == by_step["auroc"]
+    assert by_question["ci_high"] - by_question["ci_low"] > 2 * (by_step["ci_high"] - by_step["ci_low"])
+
+
+def test_clustered_auroc_pairs_every_score_with_the_reference_on_the_same_resamples():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 300)
+    clusters = np.repeat(np.arange(30), 10)
+    good = labels + rng.normal(0, 0.5, 300)
+    scores = {"good": good, "noise": rng.normal(0, 1, 300), "same": good.copy()}
+    table = metrics.clustered_auroc(scores, labels, clusters, n_boot=200, seed=3, reference="good").set_index("score")
+    assert table.loc["good", "auroc"] > 0.8 and table.loc["noise", "difference_ci_low"] > 0  # beats noise
+    assert table.loc["same", ["difference", "difference_ci_low", "difference_ci_high"]].tolist() == [0, 0, 0]
+    again = metrics.clustered_auroc(scores, labels, clusters, n_boot=200, seed=3, reference="good").set_index("score")
+    assert again.equals(table)  # seeded
+    with pytest.raises(ValueError, match="reference"):
+        metrics.clustered_auroc(scores, labels, clusters, reference="prm")
+    with pytest.raises(ValueError, match="2 values for 300 labels"):
+        metrics.clustered_auroc({"short": [0.1, 0.2]}, labels, clusters)
+
+
+@pytest.mark.parametrize("a, b, expected", [
+    # (answer, status) per question; expected (answers changed, correctness changed)
+    ([("5", "correct"), ("7", "wrong")], [("5", "correct"), ("7", "wrong")], (0, 0)),
+    ([("5", "correct"), ("7", "wrong")], [("5.0", "correct"), ("8", "wrong")], (1, 0)),  # 5.0 is 5; 7 -> 8 wrong both
+    ([("5", "correct"), ("7", "wrong")], [("6", "wrong"), ("9", "correct")], (2, 2)),
+    ([(None, "unparsed"), ("7", "wrong")], [("4", "wrong"), (None, "unparsed")], (2, 0)),  # no answer is an answer
+])
+def test_changed_answers(a, b, expected):
+    rows = lambda pairs: [{"id": f"q{i}", "answer": ans, "status": st} for i, (ans, st) in enumerate(pairs)]
+    out = metrics.changed_answers(rows(a), rows(b)[::-1])  # matched by id, not by order
+    assert (out["answer_changed"], out["correctness_changed"]) == expected
+    assert out["n"] == 2 and out["answer_changed_fraction"] == expected[0] / 2
+    assert out["correctness_changed_fraction"] == expected[1] / 2
+
+
+def test_changed_answers_needs_the_same_questions():
+    row = {"id": "q0", "answer": "1", "status": "correct"}
+    with pytest.raises(ValueError, match="different questions"):
+        metrics.changed_answers([row], [{**row, "id": "q1"}])
+    with pytest.raises(ValueError, match="twice"):
+        metrics.changed_answers([row, row], [row])

@@ -17,7 +17,7 @@ def tiny_params(tmp_path, model_dir) -> str:
     params["sft"].update(epochs=1, batch_size=4, bf16=False)
     params["evaluation"].update(max_new_tokens=8, bootstrap_samples=100)
     params["prm"].update(stage1_steps=2, stage2_steps=1, bf16=False)
-    params["grpo"].update(steps=1, group_size=2, batch_size=4, max_completion_length=8, bf16=False)
+    params["grpo"].update(group_size=2, batch_size=4, max_completion_length=8, bf16=False)  # 1 epoch = 1 step
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return str(path)
@@ -138,9 +138,14 @@ def test_pad_notebook(tmp_path, tiny_model_dir):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["prm"]["n_questions"] == 2 and metrics["prm"]["held-out"]["n_steps"] == 4
     assert 0 <= metrics["prm"]["held-out"]["auroc"] <= 1
-    assert metrics["grpo"]["steps"] == 1
+    assert metrics["grpo"]["steps"] == 1 and metrics["grpo"]["prompts_seen"] == 2  # both training questions
+    assert 0 <= metrics["grpo"]["frac_groups_nonzero_std"] <= 1
+    assert set(metrics["prm"]["held_out_vs_baselines"]) == {"PRM", "untrained head", "fewer steps", "shorter trace",
+                                                            "earlier step"}
+    assert set(metrics["prm"]["aggregations"]) == {"mean", "min", "softmin", "last"}
+    assert {"stage1_loss_same_batches", "stage2_loss_same_batches"} <= set(metrics["prm"])
     assert (prm_dir / "model.safetensors").exists() and (model_dir / "model.safetensors").exists()
-    for name in ("prm_loss.png", "prm_scores.png", "grpo.png"):
+    for name in ("prm_loss.png", "prm_scores.png", "prm_quality.png", "grpo.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     assert len((out / "grpo_log.csv").read_text().splitlines()) == 2  # header + one step
 

@@ -8,8 +8,10 @@ from safetensors.torch import load_file
 
 from agentark_utils.config import PRMParams
 from agentark_utils.prm import (
+    BASELINES,
     StepBatchCollator,
     StepScorer,
+    baseline_scores,
     contrastive_step_loss,
     encode_steps,
     evaluate_prm,
@@ -18,7 +20,10 @@ from agentark_utils.prm import (
     question_items,
     render_prompt,
     set_stage,
+    stage_losses,
+    step_table,
     train_prm,
+    untrained_scorer,
 )
 from agentark_utils.steps import STEP_SEPARATOR, StepTrace
 
@@ -176,3 +181,66 @@ def test_same_seed_same_prm(tiny_model_dir, tmp_path):
         train_prm(traces, prompts, str(tiny_model_dir), tmp_path / name, params, device="cpu")
     a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     assert torch.equal(a["score.weight"], b["score.weight"])
+
+
+def test_baselines_score_the_shape_of_a_trace_not_its_content():
+    traces = [StepTrace("q", "r1a1", ["ab", "cd"], [1, 1]), StepTrace("q", "r1a2", ["abcdef"], [0])]
+    assert baseline_scores(traces) == {
+        "fewer steps": [[-2.0, -2.0], [-1.0]],
+        "shorter trace": [[-6.0, -6.0], [-6.0]],  # "ab\n\ncd" and "abcdef": 6 characters each
+        "earlier step": [[0.0, -1.0], [0.0]],
+    }
+    assert set(baseline_scores(traces)) == set(BASELINES)
+
+
+def test_step_table_keeps_only_the_steps_every_score_scored():
+    traces = [StepTrace("q1", "r1a1", ["a", "b", "c"], [1, 0, 0]), StepTrace("q2", "r1a1", ["d"], [1])]
+    prm = [[0.9, 0.2], [0.7]]  # the PRM cut the first trace's last step (max_length)
+    table = step_table(traces, {"PRM": prm, **baseline_scores(traces)})
+    assert table[["question_id", "step", "label", "PRM", "fewer steps"]].values.tolist() == [
+        ["q1", 0, 1, 0.9, -3.0], ["q1", 1, 0, 0.2, -3.0], ["q2", 0, 1, 0.7, -1.0]]
+    assert table["trace_correct"].tolist() == [False, False, True] and table["trace_steps"].tolist() == [3, 3, 1]
+
+
+def test_untrained_scorer_is_the_head_train_prm_starts_from(tiny_model_dir, tmp_path):
+    traces, prompts = traces_and_prompts()
+    # one Stage I step at a learning rate too small to move the head: what is saved is the start
+    params = PRMParams(stage1_steps=1, stage2_steps=0, stage1_learning_rate=1e-12, stage2_learning_rate=1e-12,
+                       seed=3)
+    train_prm(traces, prompts, str(tiny_model_dir), tmp_path / "prm", params, device="cpu")
+    trained = load_file(tmp_path / "prm" / "model.safetensors")["score.weight"]
+    untrained = untrained_scorer(str(tiny_model_dir), params, device="cpu")
+    assert torch.allclose(untrained.model.score.weight.detach(), trained, atol=1e-8)
+    other_seed = untrained_scorer(str(tiny_model_dir), params.model_copy(update={"seed": 4}), device="cpu")
+    assert not torch.allclose(other_seed.model.score.weight.detach(), trained, atol=1e-3)
+    assert untrained.max_length == params.max_length
+    assert [len(s) for s in untrained.score([prompts["q0"]], [traces[0].steps])] == [2]
+
+
+def test_both_stages_see_the_same_batches_in_the_same_order(tiny_model_dir, tmp_path):
+    """What makes `stage_losses` compare the stages: at a learning rate too small to change the model,
+    Stage II's step-k loss is Stage I's step-k loss (a different batch would give another loss)."""
+    traces, prompts = traces_and_prompts()
+    params = PRMParams(stage1_steps=4, stage2_steps=4, stage1_learning_rate=1e-12, stage2_learning_rate=1e-12,
+                       batch_questions=1)
+    result = train_prm(traces, prompts, str(tiny_model_dir), tmp_path / "prm", params, device="cpu")
+    losses = {stage: [h["loss"] for h in result.log_history if "loss" in h and h["stage"] == stage] for stage in (1, 2)}
+    assert len(set(losses[1])) > 1  # the batches differ from each other
+    assert losses[2] == pytest.approx(losses[1], abs=1e-6)
+    summary = result.summary()
+    assert summary["paired_steps"] == 4
+    assert summary["stage2_loss_same_batches"] == pytest.approx(summary["stage1_loss_same_batches"], abs=1e-6)
+
+
+@pytest.mark.parametrize("stage1, stage2, expected", [
+    ([3.0, 1.0, 2.0], [2.0, 0.5], (2, 2.0, 1.25)),  # Stage I's third batch has no Stage II twin
+    ([], [1.0, 2.0], (0, float("nan"), float("nan"))),  # Stage I resumed: nothing to compare
+])
+def test_stage_losses_pair_the_steps_both_stages_ran(stage1, stage2, expected):
+    history = [{"loss": x, "step": i + 1, "stage": 1} for i, x in enumerate(stage1)]
+    history += [{"loss": x, "step": i + 1, "stage": 2} for i, x in enumerate(stage2)]
+    history.append({"train_loss": 9.0, "step": len(stage2), "stage": 2})
+    out = stage_losses(history)
+    assert out["paired_steps"] == expected[0]
+    assert [out["stage1_loss_same_batches"], out["stage2_loss_same_batches"]] == pytest.approx(list(expected[1:]),
+                                                                                              nan_ok=True)
