@@ -66,7 +66,8 @@ DEBATE_SYSTEMS = {"single agent": "single", "single agent (sampled)": "single_sa
 def headline_table(held_out: dict[str, list[dict]], predictions: list[dict], results: list[dict],
                    baselines: tuple[str, ...] = ("base", "cot")) -> pd.DataFrame:
     """One row per (system or student, test set): accuracy with its Wilson CI, strict accuracy,
-    generated tokens and wall time per question and their ratio to the debate's, and a paired
+    generated tokens and wall time per question and their ratio to the debate's, how many of a
+    student's answers differ from the base's, and a paired
     comparison (Newcombe CI, exact McNemar, the minimum detectable effect at the observed
     discordance) against each of `baselines` on the same questions.
 
@@ -94,6 +95,14 @@ def headline_table(held_out: dict[str, list[dict]], predictions: list[dict], res
     for column in ("generated_tokens_per_question", "latency_s_per_question"):
         table[f"debate / this ({column.removesuffix('_per_question')})"] = [
             debate[column].get(t, float("nan")) / v if v else float("nan") for t, v in zip(table["test_set"], table[column])]
+    # how many greedy answers a student changed against the base (did training move it at all?)
+    by_model: dict[tuple[str, str], list[dict]] = {}
+    for row in predictions:
+        by_model.setdefault((row["model"], row["test_set"]), []).append(row)
+    table["answers_changed_vs_base"] = [
+        metrics.changed_answers(by_model[(name, test_set)], by_model[("base", test_set)])["answer_changed"]
+        if (name, test_set) in by_model and ("base", test_set) in by_model else float("nan")
+        for name, test_set in zip(table["name"], table["test_set"])]
     for baseline in baselines:
         paired = []
         for name, test_set in zip(table["name"], table["test_set"]):

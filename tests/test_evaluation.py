@@ -52,8 +52,8 @@ def test_headline_table_pairs_every_row_against_base_and_cot():
     name = "arith_mix (in-domain)"
 
     def answers(model, n_correct):
-        return [{"model": model, "test_set": name, "id": f"q{i}", "status": "correct" if i < n_correct else "wrong"}
-                for i in range(n)]
+        return [{"model": model, "test_set": name, "id": f"q{i}", "status": "correct" if i < n_correct else "wrong",
+                 "answer": "5" if i < n_correct else "4"} for i in range(n)]
 
     predictions = answers("base", 10) + answers("da", 10) + answers("cot", 15)
     results = [{"model": m, "test_set": name, "n": n, "accuracy": k / n, "ci95": [0, 1], "strict_accuracy": k / n,
@@ -69,6 +69,7 @@ def test_headline_table_pairs_every_row_against_base_and_cot():
     assert table.loc["da", "vs_base_difference"] == 0 and np.isnan(table.loc["da", "vs_base_mde"])
     assert np.isnan(table.loc["base", "vs_base_difference"])  # never against itself
     assert table.loc["da", "vs_cot_lost"] == 5 and table.loc["single agent", "kind"] == "debate stage"
+    assert table.loc["da", "answers_changed_vs_base"] == 0 and table.loc["cot", "answers_changed_vs_base"] == 5
     # 5 discordant pairs in 40 (12.5 %): no effect reaches 80 % power at that discordance
     assert np.isnan(table.loc["cot", "vs_base_mde"]) and table.loc["cot", "vs_base_mcnemar_p"] > 0.05
 
