@@ -40,14 +40,41 @@ Conversation = list[dict[str, str]]
 
 @dataclass(frozen=True)
 class Generation:
-    text: str
+    text: str  # the visible answer: a thinking block is split off into `thinking`
     prompt_tokens: int
-    completion_tokens: int
+    completion_tokens: int  # every generated token, thinking included (its cost)
     latency_s: float
     finish_reason: str = "stop"  # "stop": ended on its own; "length": cut at max_new_tokens
+    thinking: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def split_thinking(text: str) -> tuple[str, str]:
+    """(thinking, visible answer) of a completion. Reasoning models (Qwen3) think in a
+    <think>...</think> block before answering; peers, the summarizer, grading and extraction read the
+    answer only. A completion cut off inside its thinking has no visible answer."""
+    if THINK_CLOSE in text:
+        thinking, _, answer = text.rpartition(THINK_CLOSE)
+        return thinking.replace(THINK_OPEN, "", 1).strip(), answer.strip()
+    if text.lstrip().startswith(THINK_OPEN):
+        return text.lstrip()[len(THINK_OPEN):].strip(), ""
+    return "", text
+
+
+def _generation(raw: str, prompt_tokens: int, completion_tokens: int, latency_s: float, finish_reason: str) -> Generation:
+    thinking, answer = split_thinking(raw)
+    return Generation(answer, prompt_tokens, completion_tokens, latency_s, finish_reason, thinking)
+
+
+def template_kwargs(enable_thinking: bool | None) -> dict:
+    """Keyword arguments for the chat template: `enable_thinking` only when set (None: the
+    template's own default), for the templates that read it (Qwen3); others ignore it."""
+    return {} if enable_thinking is None else {"enable_thinking": enable_thinking}
 
 
 class Backend(Protocol):
@@ -173,19 +200,21 @@ class HFBackend:
     name = "hf"
 
     def __init__(self, model: str, *, dtype: str = "bfloat16", device: str = "auto", batch_size: int = 16,
-                 trust_remote_code: bool = False, share_prefixes: bool = True):
+                 trust_remote_code: bool = False, share_prefixes: bool = True, enable_thinking: bool | None = None):
         from agentark_utils.models import load_causal_lm
 
         self.model, self.tokenizer = load_causal_lm(model, dtype, device, trust_remote_code)
         self.batch_size = batch_size
         self.share_prefixes = share_prefixes
+        self.template_kwargs = template_kwargs(enable_thinking)
         # Chat models may end a turn with more than one token (Qwen: <|im_end|> and <|endoftext|>).
         stop = self.model.generation_config.eos_token_id
         stop = set(stop if isinstance(stop, list) else [stop]) | {self.tokenizer.eos_token_id}
         self.stop_ids = sorted(i for i in stop if i is not None)
 
     def _prompt_ids(self, conversation: Conversation) -> list[int]:
-        text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True,
+                                                  **self.template_kwargs)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def generate(self, conversations, *, temperature, max_new_tokens, seed, desc="generate"):
@@ -209,7 +238,7 @@ class HFBackend:
             for row, i in zip(new, idx):
                 text = self.tokenizer.decode(row, skip_special_tokens=True)
                 finish = "stop" if row and row[-1] in self.stop_ids else "length"
-                results[i] = Generation(text, len(prompts[i]), len(row), latency, finish)
+                results[i] = _generation(text, len(prompts[i]), len(row), latency, finish)
             bar.update(len(idx))
         bar.close()
         return results
@@ -227,7 +256,7 @@ class VLLMBackend:
     name = "vllm"
 
     def __init__(self, model: str, *, dtype: str = "bfloat16", tensor_parallel_size: int = 1,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, enable_thinking: bool | None = None):
         try:
             from vllm import LLM
         except ImportError as error:
@@ -236,6 +265,7 @@ class VLLMBackend:
 
         self.llm = LLM(model=resolve(model), dtype=dtype, tensor_parallel_size=tensor_parallel_size,
                        trust_remote_code=trust_remote_code, enable_prefix_caching=True)
+        self.template_kwargs = template_kwargs(enable_thinking)
 
     def generate(self, conversations, *, temperature, max_new_tokens, seed, desc="generate"):
         from vllm import SamplingParams
@@ -243,10 +273,10 @@ class VLLMBackend:
         params = [SamplingParams(temperature=temperature, max_tokens=max_new_tokens, seed=s)
                   for s in row_seeds(conversations, seed)]
         began = time.perf_counter()
-        outputs = self.llm.chat(conversations, params, use_tqdm=True)
+        outputs = self.llm.chat(conversations, params, use_tqdm=True, chat_template_kwargs=self.template_kwargs)
         latency = (time.perf_counter() - began) / max(len(conversations), 1)
-        return [Generation(o.outputs[0].text, len(o.prompt_token_ids), len(o.outputs[0].token_ids), latency,
-                           "length" if o.outputs[0].finish_reason == "length" else "stop")
+        return [_generation(o.outputs[0].text, len(o.prompt_token_ids), len(o.outputs[0].token_ids), latency,
+                            "length" if o.outputs[0].finish_reason == "length" else "stop")
                 for o in outputs]
 
 
@@ -308,10 +338,14 @@ class OpenAIBackend:
     name = "openai"
 
     def __init__(self, model: str, *, base_url: str | list[str], concurrency: int = 8, timeout_s: float = 600,
-                 max_attempts: int = 5, max_failures: int = 3, backoff_s: float = 1.0, max_backoff_s: float = 60):
+                 max_attempts: int = 5, max_failures: int = 3, backoff_s: float = 1.0, max_backoff_s: float = 60,
+                 enable_thinking: bool | None = None):
         from openai import OpenAI
 
         self.model = model
+        # vLLM's server passes chat_template_kwargs to the template; other servers ignore unknown fields
+        kwargs = template_kwargs(enable_thinking)
+        self.extra_body = {"chat_template_kwargs": kwargs} if kwargs else None
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         key = os.environ.get("OPENAI_API_KEY", "EMPTY")
         self.endpoints = [Endpoint(url, OpenAI(base_url=url, api_key=key, timeout=timeout_s, max_retries=0))
@@ -324,14 +358,15 @@ class OpenAIBackend:
              seed: int) -> Generation:
         began = time.perf_counter()
         response = client.chat.completions.create(
-            model=self.model, messages=conversation, temperature=temperature, max_tokens=max_new_tokens, seed=seed
+            model=self.model, messages=conversation, temperature=temperature, max_tokens=max_new_tokens, seed=seed,
+            extra_body=self.extra_body,
         )
         latency = time.perf_counter() - began
         usage = response.usage
         choice = response.choices[0]
-        return Generation(choice.message.content or "", usage.prompt_tokens if usage else 0,
-                          usage.completion_tokens if usage else 0, latency,
-                          "length" if choice.finish_reason == "length" else "stop")
+        return _generation(choice.message.content or "", usage.prompt_tokens if usage else 0,
+                           usage.completion_tokens if usage else 0, latency,
+                           "length" if choice.finish_reason == "length" else "stop")
 
     def _no_endpoint_left(self, call: _Call) -> RuntimeError:
         tried = "; ".join(f"{e.url} ({e.last_error})" for e in self.endpoints)
@@ -427,10 +462,12 @@ class OpenAIBackend:
 def make_backend(params: ModelParams, role: str = "teacher") -> Backend:
     """Build the backend named in `params` for the teacher or the student model."""
     model = getattr(params, role)
+    thinking = params.enable_thinking
     if params.backend == "hf":
         return HFBackend(model, dtype=params.dtype, device=params.device, batch_size=params.batch_size,
-                         trust_remote_code=params.trust_remote_code)
+                         trust_remote_code=params.trust_remote_code, enable_thinking=thinking)
     if params.backend == "vllm":
         return VLLMBackend(model, dtype=params.dtype, tensor_parallel_size=params.tensor_parallel_size,
-                           trust_remote_code=params.trust_remote_code)
-    return OpenAIBackend(model, base_url=params.openai_base_url, concurrency=params.batch_size)  # per endpoint
+                           trust_remote_code=params.trust_remote_code, enable_thinking=thinking)
+    return OpenAIBackend(model, base_url=params.openai_base_url, concurrency=params.batch_size,  # per endpoint
+                         enable_thinking=thinking)

@@ -35,6 +35,9 @@ class ModelParams(_Section):
     openai_base_url: str | list[str] | None = None  # one server, or several replicas that share the requests
     tensor_parallel_size: int = Field(default=1, ge=1)
     launcher: str | None = None  # a command prefix that runs SFT/PRM/GRPO in several processes (launch.py)
+    # Reasoning models' thinking mode, passed to the chat template (Qwen3: enable_thinking); None:
+    # the template's default. Only the answer after </think> is graded, shown to peers and distilled.
+    enable_thinking: bool | None = None
 
     @field_validator("launcher")
     @classmethod

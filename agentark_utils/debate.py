@@ -250,7 +250,7 @@ def debate_chunk(questions: list[Question], backend: Backend, cfg: DebateParams,
 
 # The model settings that shape a generation. Batch size, device, endpoints and launcher do not
 # (samples are seeded per conversation), so changing them keeps every finished record.
-GENERATION_KEYS = {"teacher", "backend", "dtype", "trust_remote_code"}
+GENERATION_KEYS = {"teacher", "backend", "dtype", "trust_remote_code", "enable_thinking"}
 
 
 def fingerprint(*sections) -> str:

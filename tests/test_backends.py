@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from agentark_utils.backends import (Generation, HFBackend, OpenAIBackend, VLLMBackend, _common_prefix, decode_batch,
-                                     make_backend, row_seeds)
+                                     make_backend, row_seeds, split_thinking)
 from agentark_utils.config import ModelParams
 from agentark_utils.models import ModelNotFoundError
 
@@ -263,6 +263,9 @@ def test_openai_backend_spreads_over_two_real_servers_and_survives_one_killed_mi
                                            openai_base_url=[server, victim_url], batch_size=2))
         survivor, victim = backend.endpoints
         assert [survivor.url, victim.url] == [server, victim_url]
+        # short backoffs: the dead endpoint's failed rounds come before the survivor drains the queue,
+        # however slow a loaded machine makes the survivor
+        backend.backoff_s = backend.max_backoff_s = 0.05
         for endpoint in backend.endpoints:
             endpoint.client = endpoint.client.with_options(timeout=20)  # no request hangs the test
             assert endpoint.client.max_retries == 0  # the backend retries, across endpoints
@@ -407,7 +410,8 @@ def test_vllm_backend_runs_one_tensor_parallel_engine_with_prefix_caching(monkey
         def __init__(self, **kwargs):
             made.append(kwargs)
 
-        def chat(self, conversations, params, use_tqdm):
+        def chat(self, conversations, params, use_tqdm, chat_template_kwargs):
+            made.append(chat_template_kwargs)
             return [SimpleNamespace(prompt_token_ids=[1] * 7, outputs=[SimpleNamespace(
                 text=f"{c[-1]['content']}|{p.seed}", token_ids=[1, 2], finish_reason="length" if i else "stop")])
                 for i, (c, p) in enumerate(zip(conversations, params))]
@@ -419,6 +423,64 @@ def test_vllm_backend_runs_one_tensor_parallel_engine_with_prefix_caching(monkey
     assert made == [{"model": str(tiny_model_dir), "dtype": "bfloat16", "tensor_parallel_size": 2,
                      "trust_remote_code": False, "enable_prefix_caching": True}]
     gens = backend.generate(QUESTIONS[:2], temperature=0.5, max_new_tokens=4, seed=3)
+    assert made[-1] == {}  # thinking mode unset: the template's default
     seeds = row_seeds(QUESTIONS[:2], 3)
     assert [g.text for g in gens] == [f"q0|{seeds[0]}", f"q1|{seeds[1]}"]
     assert [g.finish_reason for g in gens] == ["stop", "length"]
+
+
+@pytest.mark.parametrize("raw, thinking, answer", [
+    ("Final Answer: 5", "", "Final Answer: 5"),
+    ("<think>\n2 + 3 is 5\n</think>\n\nFinal Answer: 5", "2 + 3 is 5", "Final Answer: 5"),
+    ("<think>\n\n</think>\n\nFinal Answer: 5", "", "Final Answer: 5"),  # thinking switched off
+    ("<think>\nstill thinking when the budget ran out", "still thinking when the budget ran out", ""),
+    ("Okay. </think> Final Answer: 5", "Okay.", "Final Answer: 5"),  # the template opened the block
+])
+def test_split_thinking(raw, thinking, answer):
+    assert split_thinking(raw) == (thinking, answer)
+
+
+QWEN3_STYLE_TEMPLATE = (
+    "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n"
+    "{%- if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{%- endif %}"
+    "{%- endif %}"
+)
+
+
+@pytest.mark.parametrize("enable_thinking, empty_block", [(None, False), (True, False), (False, True)])
+def test_thinking_mode_reaches_the_chat_template(tiny_model_dir, tmp_path, enable_thinking, empty_block):
+    """A Qwen3-style template gets `enable_thinking`; off, it closes an empty thinking block itself."""
+    import shutil
+
+    model_dir = tmp_path / "qwen3-style"
+    shutil.copytree(tiny_model_dir, model_dir)
+    backend = HFBackend(str(model_dir), dtype="float32", device="cpu", batch_size=2, enable_thinking=enable_thinking)
+    backend.tokenizer.chat_template = QWEN3_STYLE_TEMPLATE
+    prompt = backend.tokenizer.decode(backend._prompt_ids(CONVERSATIONS[0]))
+    assert ("<think>\n\n</think>" in prompt) == empty_block
+    (gen,) = backend.generate(CONVERSATIONS[:1], temperature=0.0, max_new_tokens=4, seed=0)
+    assert gen.completion_tokens >= 1 and "<think>" not in gen.text
+
+
+def test_hf_backend_hands_on_only_the_visible_answer(hf, monkeypatch):
+    """Whatever the model thinks stays in `thinking`; the text graded and shown to peers is the answer."""
+    from agentark_utils import backends
+
+    monkeypatch.setattr(backends, "decode_batch",
+                        lambda model, prompts, **kw: [[hf.stop_ids[0]] for _ in prompts])
+    monkeypatch.setattr(hf.tokenizer, "decode", lambda ids, **kw: "<think>\nhmm, 2 + 3\n</think>\n\nFinal Answer: 5")
+    (gen,) = hf.generate(CONVERSATIONS[:1], temperature=0.0, max_new_tokens=4, seed=0)
+    assert gen.text == "Final Answer: 5" and gen.thinking == "hmm, 2 + 3"
+
+
+def test_openai_backend_sends_the_thinking_mode(monkeypatch):
+    sent = []
+
+    def script(kwargs, n):
+        sent.append(kwargs.get("extra_body"))
+        return echo(kwargs, n)
+
+    backend = stand_in_backend(script, enable_thinking=False)
+    backend.generate(QUESTIONS[:1], temperature=0.0, max_new_tokens=4, seed=0)
+    assert sent == [{"chat_template_kwargs": {"enable_thinking": False}}]
