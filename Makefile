@@ -28,9 +28,10 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m ipykernel install --sys-prefix --name agentark --display-name "AgentArk (.venv)" > /dev/null
 	touch $(STAMP)
 
-# JupyterLab on the repo, on this machine only, with the project's kernel for new notebooks.
+# JupyterLab on the repo, on this machine only, with the project's kernel for new notebooks
+# (--allow-root: as root, in a container, JupyterLab refuses to start without it).
 lab: setup
-	jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir="$(CURDIR)" \
+	jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir="$(CURDIR)" $(if $(filter 0,$(shell id -u)),--allow-root) \
 	    --ServerApp.default_url=/lab/tree/notebooks \
 	    --MappingKernelManager.default_kernel_name=agentark --KernelManager.transport_encryption=auto
 

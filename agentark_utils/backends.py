@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -194,7 +195,7 @@ class HFBackend:
         # so that they share a batch and are prefilled once.
         order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), prompts[i]))
         results: list[Generation | None] = [None] * len(prompts)
-        bar = tqdm(total=len(prompts), desc=desc, unit="gen", leave=False)
+        bar = generation_bar(total=len(prompts), desc=desc)
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             generators = [torch.Generator(self.model.device).manual_seed(seeds[i]) for i in idx]
@@ -210,6 +211,17 @@ class HFBackend:
             bar.update(len(idx))
         bar.close()
         return results
+
+
+def generation_bar(iterable=None, *, total: int | None = None, desc: str = "generate") -> tqdm:
+    """The progress bar of one generation call, often inside a caller's bar (the debate's questions).
+
+    A bar nested below another moves the cursor up and down (`\\x1b[A`), which only a terminal
+    understands: anywhere else (a notebook, Papermill's stage log, a file) it shares the first line,
+    so the log holds plain `\\r` updates.
+    """
+    return tqdm(iterable, total=total, desc=desc, unit="gen", leave=False,
+                position=None if sys.stderr.isatty() else 0)
 
 
 class VLLMBackend:
@@ -270,7 +282,7 @@ class OpenAIBackend:
         with ThreadPoolExecutor(self.concurrency) as pool:
             futures = [pool.submit(self._one, c, temperature, max_new_tokens, s)
                        for c, s in zip(conversations, row_seeds(conversations, seed))]
-            return [f.result() for f in tqdm(futures, desc=desc, unit="gen", leave=False)]
+            return [f.result() for f in generation_bar(futures, desc=desc)]
 
 
 def make_backend(params: ModelParams, role: str = "teacher") -> Backend:
