@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 # (--allow-root: as root, in a container, JupyterLab refuses to start without it).
 lab: setup
 	jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir="$(CURDIR)" $(if $(filter 0,$(shell id -u)),--allow-root) \
-	    --ServerApp.default_url=/lab/tree/notebooks \
+	    --LabApp.default_url=/lab/tree/notebooks \
 	    --MappingKernelManager.default_kernel_name=agentark --KernelManager.transport_encryption=auto
 
 # Re-resolve constraints/cpu.txt (every platform, Python >= 3.11) and constraints/vllm.txt (linux
