@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import threading
 import time
 import warnings
@@ -226,7 +227,7 @@ class HFBackend:
         # so that they share a batch and are prefilled once.
         order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), prompts[i]))
         results: list[Generation | None] = [None] * len(prompts)
-        bar = tqdm(total=len(prompts), desc=desc, unit="gen", leave=False)
+        bar = generation_bar(total=len(prompts), desc=desc)
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             generators = [torch.Generator(self.model.device).manual_seed(seeds[i]) for i in idx]
@@ -242,6 +243,17 @@ class HFBackend:
             bar.update(len(idx))
         bar.close()
         return results
+
+
+def generation_bar(iterable=None, *, total: int | None = None, desc: str = "generate") -> tqdm:
+    """The progress bar of one generation call, often inside a caller's bar (the debate's questions).
+
+    A bar nested below another moves the cursor up and down (`\\x1b[A`), which only a terminal
+    understands: anywhere else (a notebook, Papermill's stage log, a file) it shares the first line,
+    so the log holds plain `\\r` updates.
+    """
+    return tqdm(iterable, total=total, desc=desc, unit="gen", leave=False,
+                position=None if sys.stderr.isatty() else 0)
 
 
 class VLLMBackend:
@@ -440,7 +452,7 @@ class OpenAIBackend:
         if n and not live:
             raise self._no_endpoint_left(call)
         seeds = row_seeds(conversations, seed)
-        bar = tqdm(total=n, desc=desc, unit="gen", leave=False)
+        bar = generation_bar(total=n, desc=desc)
         slots = [threading.Thread(target=self._serve, daemon=True,
                                   args=(endpoint, call, conversations, seeds, temperature, max_new_tokens, bar))
                  for endpoint in live for _ in range(min(self.concurrency, n))]

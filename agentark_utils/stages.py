@@ -19,6 +19,9 @@ from agentark_utils.config import load_params
 from agentark_utils.store import write_json
 
 KERNEL = os.environ.get("AGENTARK_KERNEL", "agentark")
+# Kernels that declare CurveZMQ support (ipykernel >= 7.4 does) get keys from the kernel manager;
+# unencrypted, the kernel warns "running over TCP without encryption" at every stage start.
+KERNEL_CONFIG = {"KernelManager": {"transport_encryption": "auto"}}
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -88,6 +91,7 @@ def run_stage(name: str, params_path: str | Path = "params.yaml", out_dir: str |
     `paths` overrides the stage's input/output path parameters (tests point them at temp dirs).
     """
     import papermill
+    from traitlets.config import Config
 
     from agentark_utils.extraction import STRATEGIES
 
@@ -108,7 +112,7 @@ def run_stage(name: str, params_path: str | Path = "params.yaml", out_dir: str |
     executed = Path(out_dir) / Path(stage.notebook).name
     executed.parent.mkdir(parents=True, exist_ok=True)
     papermill.execute_notebook(str(REPO / stage.notebook), str(executed), parameters=parameters, kernel_name=kernel,
-                               progress_bar=False, log_output=True)
+                               progress_bar=False, log_output=True, config=Config(KERNEL_CONFIG))
     write_json(Path(out_dir) / "environment.json", environment())
     return executed
 

@@ -10,9 +10,10 @@ from agentark_utils.stages import STAGES
 from conftest import ROOT
 
 PIPELINE = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-# Modules that only move data around or check params; params.yaml itself is tracked per section.
-NOT_RESULT_SHAPING = {"agentark_utils/__init__.py", "agentark_utils/config.py", "agentark_utils/stages.py",
-                      "agentark_utils/store.py"}
+# Modules that only move data around, check params or find the project root; params.yaml itself is
+# tracked per section.
+NOT_RESULT_SHAPING = {"agentark_utils/__init__.py", "agentark_utils/config.py", "agentark_utils/project.py",
+                      "agentark_utils/stages.py", "agentark_utils/store.py"}
 
 
 def _imports(code: str) -> set[str]:
