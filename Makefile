@@ -59,10 +59,8 @@ test: setup
 # stage on held-out questions, then notebooks/11_calibration.ipynb reads `dvc exp show --json`.
 calibrate: setup
 	dvc repro provision_model
-	python -m agentark_utils.calibration
-	mkdir -p results/calibration
-	dvc exp show --json > results/calibration/experiments.json
-	papermill -k agentark --no-progress-bar notebooks/11_calibration.ipynb results/calibration/11_calibration.ipynb
+	python -m agentark_utils.calibration run
+	python -m agentark_utils.calibration report
 
 # Speed and cost figures (README "Performance"): prints them, writes results/benchmarks/*.json.
 bench: setup

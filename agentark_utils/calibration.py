@@ -7,7 +7,9 @@ The sweep is `params.yaml`'s `calibration` section: a list of settings (override
 since only the debate against the single agent is asked). `read_experiments` turns
 `dvc exp show --json` into one row per experiment for notebooks/11_calibration.ipynb.
 
-    python -m agentark_utils.calibration            # run the sweep (make calibrate does it all)
+    python -m agentark_utils.calibration run        # the sweep, as DVC experiments
+    python -m agentark_utils.calibration report     # dvc exp show --json, then the notebook
+(`make calibrate` does both.)
 """
 
 from __future__ import annotations
@@ -102,10 +104,27 @@ def read_experiments(exp_show: list, prefix: str = "calibration-") -> pd.DataFra
     return pd.DataFrame(rows).sort_values("experiment").reset_index(drop=True) if rows else pd.DataFrame()
 
 
+def report(out_dir: str = "results/calibration") -> Path:
+    """Snapshot `dvc exp show --json` and run notebooks/11_calibration.ipynb on it."""
+    from agentark_utils.stages import REPO, execute_notebook
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shown = subprocess.run(["dvc", "exp", "show", "--json"], check=True, capture_output=True, text=True).stdout
+    (out / "experiments.json").write_text(shown)
+    return execute_notebook(REPO / "notebooks/11_calibration.ipynb", out / "11_calibration.ipynb",
+                            {"exp_json": str(out / "experiments.json"), "out_dir": str(out)})
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run the calibration sweep as DVC experiments.")
+    parser = argparse.ArgumentParser(description="The calibration sweep: run it as DVC experiments, or report it.")
+    parser.add_argument("command", choices=("run", "report"))
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out-dir", default="results/calibration")
     args = parser.parse_args(argv)
+    if args.command == "report":
+        print(f"executed {report(args.out_dir)}")
+        return
     # A kill (SIGTERM) unwinds like Ctrl-C, so run_sweep restores params.yaml and dvc.lock.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     run_sweep(args.params)

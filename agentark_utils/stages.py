@@ -84,15 +84,23 @@ def environment() -> dict:
             "cuda": torch.version.cuda if torch.cuda.is_available() else None, "packages": packages}
 
 
+def execute_notebook(notebook: str | Path, executed: str | Path, parameters: dict, kernel: str = KERNEL) -> Path:
+    """Run a notebook with Papermill (its log to stdout, the kernel's transport encrypted)."""
+    import papermill
+    from traitlets.config import Config
+
+    Path(executed).parent.mkdir(parents=True, exist_ok=True)
+    papermill.execute_notebook(str(notebook), str(executed), parameters=parameters, kernel_name=kernel,
+                               progress_bar=False, log_output=True, config=Config(KERNEL_CONFIG))
+    return Path(executed)
+
+
 def run_stage(name: str, params_path: str | Path = "params.yaml", out_dir: str | None = None,
               kernel: str = KERNEL, strategy: str | None = None, paths: dict | None = None) -> Path:
     """Execute one stage's notebook; return the path of the executed copy.
 
     `paths` overrides the stage's input/output path parameters (tests point them at temp dirs).
     """
-    import papermill
-    from traitlets.config import Config
-
     from agentark_utils.extraction import STRATEGIES
 
     if name not in STAGES:
@@ -109,10 +117,7 @@ def run_stage(name: str, params_path: str | Path = "params.yaml", out_dir: str |
     parameters["out_dir"] = out_dir
     if needs_strategy:
         parameters["strategy"] = strategy
-    executed = Path(out_dir) / Path(stage.notebook).name
-    executed.parent.mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(str(REPO / stage.notebook), str(executed), parameters=parameters, kernel_name=kernel,
-                               progress_bar=False, log_output=True, config=Config(KERNEL_CONFIG))
+    executed = execute_notebook(REPO / stage.notebook, Path(out_dir) / Path(stage.notebook).name, parameters, kernel)
     write_json(Path(out_dir) / "environment.json", environment())
     return executed
 
