@@ -125,6 +125,7 @@ class SFTParams(_Section):
     grad_accum: int = Field(default=1, ge=1)
     warmup_steps: int = Field(default=0, ge=0)  # linear warm-up, in optimizer steps (it starts at learning rate 0)
     max_length: int = Field(default=512, ge=16)
+    group_by_length: bool = True  # batches of rows of similar length, in random order: less padding (distill.py)
     lora_r: int = Field(default=0, ge=0)  # 0: full fine-tuning
     lora_alpha: int = Field(default=16, ge=1)
     bf16: bool = True
@@ -143,6 +144,9 @@ class PRMParams(_Section):
     ce_weight: float = Field(default=1.0, ge=0)  # weight of the added binary cross-entropy
     batch_questions: int = Field(default=2, ge=1)  # whole questions per batch: negatives come from them
     max_length: int = Field(default=512, ge=16)
+    # a forward pass's fixed cost in padded tokens: a batch's traces are split into length buckets,
+    # one forward each, where that saves more padding (prm.py)
+    bucket_cost_tokens: int = Field(default=64, ge=0)
     bf16: bool = True
     save_steps: int = Field(default=10, ge=1)
     seed: int = 0
