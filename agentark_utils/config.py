@@ -145,8 +145,9 @@ class PRMParams(_Section):
     batch_questions: int = Field(default=2, ge=1)  # whole questions per batch: negatives come from them
     max_length: int = Field(default=512, ge=16)
     # a forward pass's fixed cost in padded tokens: a batch's traces are split into length buckets,
-    # one forward each, where that saves more padding (prm.py)
-    bucket_cost_tokens: int = Field(default=64, ge=0)
+    # one forward each, where that saves more padding (prm.py). On our 2-core CPU an extra forward
+    # cost about as much as 700 tokens (benchmarks/training_step.py): 1024 keeps short batches whole.
+    bucket_cost_tokens: int = Field(default=1024, ge=0)
     bf16: bool = True
     save_steps: int = Field(default=10, ge=1)
     seed: int = 0

@@ -166,6 +166,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=48, help="SFT rows: one epoch (default: R-SFT's 48 questions)")
     parser.add_argument("--questions", type=int, default=8, help="PRM questions of 6 traces: one epoch")
     parser.add_argument("--bf16-steps", type=int, default=3, help="SFT AFTER steps timed again under bf16 autocast")
+    parser.add_argument("--prm-bucket-cost-tokens", type=int, default=None,
+                        help="AFTER's prm.bucket_cost_tokens (default: params.yaml's)")
     parser.add_argument("--device", default=None, help="default: model.device of params.yaml")
     parser.add_argument("--note", default=None, help="a note for the JSON (e.g. what else ran on the machine)")
     args = parser.parse_args()
@@ -207,11 +209,12 @@ def main() -> None:
     order = torch.randperm(len(items), generator=torch.Generator().manual_seed(0)).tolist()
     question_batches = [[items[i] for i in order[s:s + bq]] for s in range(0, len(items), bq)]
     one_forward = StepBatchCollator(pad, NO_BUCKETS)
-    bucketed = StepBatchCollator(pad, params.prm.bucket_cost_tokens)
+    bucket_cost = params.prm.bucket_cost_tokens if args.prm_bucket_cost_tokens is None else args.prm_bucket_cost_tokens
+    bucketed = StepBatchCollator(pad, bucket_cost)
     embedding = prm_model.get_input_embeddings().weight.numel()
     prm_stepper = Stepper(prm_model, prm_step_loss, sum(p.numel() for p in prm_model.parameters()) - embedding)
     prm = {"questions": len(items), "traces_per_question": TRACES_PER_QUESTION, "batch_questions": bq,
-           "bucket_cost_tokens": params.prm.bucket_cost_tokens,
+           "bucket_cost_tokens": bucket_cost,
            **compare(prm_stepper, [one_forward(q) for q in question_batches], [bucketed(q) for q in question_batches],
                      prm_counts, peak)[0]}
 
