@@ -157,6 +157,7 @@ class SFTParams(_Section):
     grad_accum: int = Field(default=1, ge=1)
     warmup_steps: int = Field(default=0, ge=0)  # linear warm-up, in optimizer steps (it starts at learning rate 0)
     max_length: int = Field(default=512, ge=16)
+    group_by_length: bool = True  # batches of rows of similar length, in random order: less padding (distill.py)
     lora_r: int = Field(default=0, ge=0)  # 0: full fine-tuning
     lora_alpha: int = Field(default=16, ge=1)
     bf16: bool = True
@@ -175,6 +176,10 @@ class PRMParams(_Section):
     ce_weight: float = Field(default=1.0, ge=0)  # weight of the added binary cross-entropy
     batch_questions: int = Field(default=2, ge=1)  # whole questions per batch: negatives come from them
     max_length: int = Field(default=512, ge=16)
+    # a forward pass's fixed cost in padded tokens: a batch's traces are split into length buckets,
+    # one forward each, where that saves more padding (prm.py). On our 2-core CPU an extra forward
+    # cost about as much as 700 tokens (benchmarks/training_step.py): 1024 keeps short batches whole.
+    bucket_cost_tokens: int = Field(default=1024, ge=0)
     bf16: bool = True
     save_steps: int = Field(default=10, ge=1)
     # question-level resamples for the held-out AUROC intervals (PRM, baselines, aggregations)

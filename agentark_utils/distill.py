@@ -19,6 +19,18 @@ whole dataset. The denominator is a constant, the weight mass an optimizer step 
 The weight rides along as a dataset column (`remove_unused_columns=False`) and a thin collator
 wrapper puts it in the batch.
 
+Batches. A batch is padded to its longest row, so rows of mixed length waste compute on padding.
+With `sft.group_by_length` (the default) each epoch's rows are shuffled, sorted by length within
+megabatches of 50 batches, cut into batches, and the batches are shuffled (`LengthGroupedBatches`).
+Every row is still seen once per epoch, and every step's batch is a uniform draw from the epoch's
+batches, so the expected update at any step is the same as with random batches: the loss curve is
+unchanged in expectation (the loss above does not depend on who shares a row's batch), while its
+noise differs (rows of similar length train together) and the exact losses change with the order.
+transformers' own `LengthGroupedSampler` would instead put the longest batch first and order each
+megabatch from long to short, a length curriculum. TRL's padding-free batches are no use here:
+without a flash-attention kernel (CUDA only) SDPA and eager attention get a dense block-diagonal
+mask over the whole concatenated batch, which costs far more attention than the padding it saves.
+
 Budget. Every strategy gets the same number of optimizer steps for the same questions:
 
     optimizer steps = ceil(epochs * n_questions / (batch_size * grad_accum * processes))
@@ -36,6 +48,7 @@ Checkpoints go to `<out>.checkpoints/` every `save_steps`; a killed run resumes 
 from __future__ import annotations
 
 import math
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +91,44 @@ def weighted_completion_loss(logits: torch.Tensor, labels: torch.Tensor, weights
     return (per_row * weights.to(per_row.dtype)).sum() / weight_mass
 
 
+class LengthGroupedBatches(torch.utils.data.Sampler[int]):
+    """Row indices, batch after batch, each batch of rows of similar length, in random batch order.
+
+    Per epoch (`set_epoch`, called by the Trainer; the order depends only on seed and epoch, so a
+    resumed run replays it): shuffle; set aside `len % batch_size` random rows as the one short
+    batch, which comes last as with a random sampler; sort the rest by length within megabatches of
+    `megabatch_batches` batches (the shuffle breaks ties at random); cut them into batches; shuffle
+    the batches. Sets of at most that many batches are sorted whole, so their batches stay the same
+    from epoch to epoch and only their order changes.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, megabatch_batches: int = 50):
+        self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
+        self.megabatch = batch_size * megabatch_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def batches(self) -> list[list[int]]:
+        rng = random.Random(f"{self.seed}:{self.epoch}")  # a str seed hashes the same in every process
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        short, rest = order[:len(order) % self.batch_size], order[len(order) % self.batch_size:]
+        batches = []
+        for start in range(0, len(rest), self.megabatch):
+            chunk = sorted(rest[start:start + self.megabatch], key=self.lengths.__getitem__)
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        rng.shuffle(batches)
+        return batches + ([short] if short else [])
+
+    def __iter__(self):
+        return iter([i for batch in self.batches() for i in batch])
+
+
 def optimizer_steps(n_questions: int, params: SFTParams, processes: int = 1) -> int:
     """The budget every strategy gets: `params.epochs` passes over the questions (module docstring)."""
     return math.ceil(params.epochs * n_questions / (params.batch_size * params.grad_accum * processes))
@@ -114,6 +165,15 @@ def _trainer_class():
             rows_per_step = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
             self.weight_mass = rows_per_step * sum(weights) / len(weights)
             self._rows, self._loss_tokens = 0, 0  # since the last log
+
+        def _get_train_sampler(self, train_dataset=None):
+            # "group_by_length" gets batches of similar length in random order (LengthGroupedBatches),
+            # not transformers' LengthGroupedSampler, whose longest-first order is a length curriculum.
+            dataset = self.train_dataset if train_dataset is None else train_dataset
+            if self.args.train_sampling_strategy != "group_by_length":
+                return super()._get_train_sampler(dataset)
+            seed = self.args.seed if self.args.data_seed is None else self.args.data_seed
+            return LengthGroupedBatches([len(ids) for ids in dataset["input_ids"]], self._train_batch_size, seed)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             weights = inputs.pop("weight")
@@ -174,6 +234,7 @@ def train_sft(examples: list[Example], base_model: str, out_dir: str | Path, par
         per_device_train_batch_size=params.batch_size, gradient_accumulation_steps=params.grad_accum,
         max_length=params.max_length, bf16=params.bf16, seed=params.seed, data_seed=params.seed,
         lr_scheduler_type="cosine", warmup_steps=params.warmup_steps,
+        train_sampling_strategy="group_by_length" if params.group_by_length else "random",
         logging_steps=1,  # every step's log carries its rows and loss tokens (WeightedSFTTrainer.log)
         save_strategy="steps",
         save_steps=params.save_steps, save_total_limit=1, report_to=[], remove_unused_columns=False,

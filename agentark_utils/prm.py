@@ -64,15 +64,43 @@ def encode_steps(tokenizer, rendered_prompt: str, steps: list[str], max_length: 
     return ids, positions
 
 
+def length_buckets(lengths: list[int], bucket_cost_tokens: int) -> list[int]:
+    """Each row's bucket: rows sorted by length, cut where that minimises the tokens processed.
+
+    A bucket costs (its rows x its longest row) padded tokens plus `bucket_cost_tokens`, the fixed
+    cost of one more forward pass; the cuts minimise the total (dynamic programming over the sorted
+    rows). Bucket 0 holds the longest rows.
+    """
+    order = sorted(range(len(lengths)), key=lambda row: -lengths[row])
+    # best[end]: the least cost of the `end` longest rows; start[end]: where their last bucket begins
+    best, start = [0] + [float("inf")] * len(order), [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        for first in range(end):
+            cost = best[first] + (end - first) * lengths[order[first]] + bucket_cost_tokens
+            if cost < best[end]:
+                best[end], start[end] = cost, first
+    bounds, end = [], len(order)
+    while end > 0:
+        bounds.append((start[end], end))
+        end = start[end]
+    bucket_of = [0] * len(lengths)
+    for bucket, (first, end) in enumerate(reversed(bounds)):
+        for rank in range(first, end):
+            bucket_of[order[rank]] = bucket
+    return bucket_of
+
+
 @dataclass
 class StepBatchCollator:
     """Questions -> one flat batch of traces, right-padded, with the scored positions.
 
     Each item is {"traces": [{"input_ids", "positions", "labels"}, ...]} for one question. The batch
-    carries, per scored step: its row, its position, its label, its question and its trace index.
+    carries, per scored step: its row, its position, its label, its question and its trace index;
+    and per row its length bucket (`length_buckets`; `step_scores` runs a forward per bucket).
     """
 
     pad_token_id: int
+    bucket_cost_tokens: int
 
     def __call__(self, items: list[dict]) -> dict:
         traces = [(q, trace) for q, item in enumerate(items) for trace in item["traces"]]
@@ -91,9 +119,10 @@ class StepBatchCollator:
         def index(values):
             return torch.tensor(values, dtype=torch.long)
 
-        return {"input_ids": input_ids, "attention_mask": attention, "step_rows": index(rows),
-                "step_positions": index(positions), "step_labels": torch.tensor(labels, dtype=torch.float),
-                "step_groups": index(groups)}
+        buckets = length_buckets([len(trace["input_ids"]) for _, trace in traces], self.bucket_cost_tokens)
+        return {"input_ids": input_ids, "attention_mask": attention, "row_buckets": index(buckets),
+                "step_rows": index(rows), "step_positions": index(positions),
+                "step_labels": torch.tensor(labels, dtype=torch.float), "step_groups": index(groups)}
 
 
 def question_items(traces: list[StepTrace], prompts: dict[str, str], tokenizer, max_length: int) -> list[dict]:
@@ -174,9 +203,21 @@ def set_stage(model, stage: int) -> list[str]:
 
 
 def step_scores(model, batch: dict) -> torch.Tensor:
-    """The head's logit at every scored step of a collated batch."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[..., 0]
-    return logits[batch["step_rows"], batch["step_positions"]]
+    """The head's logit at every scored step of a collated batch: one forward per length bucket."""
+    input_ids, attention = batch["input_ids"], batch["attention_mask"]
+    step_rows, step_positions, row_buckets = batch["step_rows"], batch["step_positions"], batch["row_buckets"]
+    lengths = attention.sum(1)
+    scores, steps_in_order = [], []
+    for bucket in range(int(row_buckets.max()) + 1):
+        rows = (row_buckets == bucket).nonzero().flatten()
+        width = int(lengths[rows].max())
+        logits = model(input_ids=input_ids[rows, :width], attention_mask=attention[rows, :width]).logits[..., 0]
+        row_in_bucket = torch.full_like(row_buckets, -1)
+        row_in_bucket[rows] = torch.arange(len(rows), device=rows.device)
+        steps = (row_buckets[step_rows] == bucket).nonzero().flatten()
+        scores.append(logits[row_in_bucket[step_rows[steps]], step_positions[steps]])
+        steps_in_order.append(steps)
+    return torch.cat(scores)[torch.cat(steps_in_order).argsort()]
 
 
 def _trainer_class():
@@ -253,7 +294,7 @@ def train_prm(traces: list[StepTrace], prompts: dict[str, str], base_model: str,
     set_seed(params.seed)  # the new head is initialised at load time, before any Trainer seeds
     model, tokenizer = load_prm(str(stage1_done) if stage1_done.exists() else base_model, trust_remote_code)
     items = question_items(traces, prompts, tokenizer, params.max_length)
-    collator = StepBatchCollator(tokenizer.pad_token_id)
+    collator = StepBatchCollator(tokenizer.pad_token_id, params.bucket_cost_tokens)
     trainable, history, began = {}, [], time.perf_counter()
     for stage, steps, lr in ((1, params.stage1_steps, params.stage1_learning_rate),
                              (2, params.stage2_steps, params.stage2_learning_rate)):
@@ -294,10 +335,12 @@ class StepScorer:
     """Scores the steps of (prompt, steps) pairs with a saved PRM: sigma(R) per step, in batches.
 
     `max_length` is `prm.max_length` (config.PRMParams), required so that no default here can
-    differ from the config: steps past it get no score (for GRPO: no reward).
+    differ from the config: steps past it get no score (for GRPO: no reward). `bucket_cost_tokens`
+    defaults to the config's default.
     """
 
     def __init__(self, prm_dir: str, device: str = "auto", batch_size: int = 16, *, max_length: int,
+                 bucket_cost_tokens: int = PRMParams.model_fields["bucket_cost_tokens"].default,
                  trust_remote_code: bool = False):
         from agentark_utils.models import torch_device
 
@@ -306,7 +349,7 @@ class StepScorer:
         self.device = torch_device(device)
         self.model.to(self.device).eval()
         self.batch_size, self.max_length = batch_size, max_length
-        self.collate = StepBatchCollator(self.tokenizer.pad_token_id)
+        self.collate = StepBatchCollator(self.tokenizer.pad_token_id, bucket_cost_tokens)
 
     @torch.no_grad()
     def score(self, prompts: list[str], steps: list[list[str]]) -> list[list[float]]:

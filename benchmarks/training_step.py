@@ -1,64 +1,236 @@
-"""Training step time of the default student: fp32 against bf16 autocast, on the SFT batch shape.
+"""Training throughput of the default student, SFT and PRM: padding cut, against the roofline; fp32 vs bf16.
 
-    python benchmarks/training_step.py [--steps 5] [--batch-size 8] [--length 192]
+    python benchmarks/training_step.py [--model DIR] [--rows 48] [--questions 8] [--bf16-steps 3]
 
-One optimizer step = forward, backward and AdamW update on random token ids (the cost does not
-depend on the tokens). Prints seconds per step for each precision and their ratio; writes
-results/benchmarks/training_step.json. The `bf16` keys of the sft, prm and grpo sections choose the
-precision the training stages use.
+One optimizer step = forward, backward and AdamW update, with the stages' own losses
+(`weighted_completion_loss`, `prm_loss`) on random token ids (the cost does not depend on the
+tokens) of synthetic lengths drawn like the debate's prompts and traces (below). For each of SFT
+and the PRM, one epoch is run BEFORE (today's batches, each padded to its longest row) and AFTER
+(this repo's batching), their steps interleaved so that other load on the machine hits both alike:
+- SFT: BEFORE, rows in random order; AFTER, `LengthGroupedBatches` (sft.group_by_length).
+- PRM: the same random batches of whole questions; BEFORE, one forward over the padded batch;
+  AFTER, one forward per length bucket (`length_buckets`, prm.bucket_cost_tokens). Stage II (all
+  parameters train).
+Reported per variant: real (non-pad) tokens/s, the padded fraction of the tokens processed, and the
+roofline fraction: 6 x parameters x real tokens/s over the best fp32 matrix-product rate measured
+in the same run (SFT counts every parameter, the tied embedding once, as the output projection;
+the PRM's embedding is a lookup and is not counted). Attention's own FLOPs are left out.
+Then the SFT AFTER batches again under bf16 autocast, for the precision choice (the `bf16` keys of
+the sft, prm and grpo sections). Writes results/benchmarks/training_step.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import time
 
-from common import machine, peak_rss_gib, reset_peak_rss, write
+from common import machine, write
+from debate_throughput import matmul_peak_gflops
 
 from agentark_utils.config import load_params
+from agentark_utils.distill import LengthGroupedBatches, weighted_completion_loss
 from agentark_utils.models import load_causal_lm, torch_device
+from agentark_utils.prm import StepBatchCollator, load_prm, prm_loss, set_stage, step_scores
+
+# Synthetic lengths in tokens: a chat-formatted question prompt, and a trace (one agent's answer)
+# after it; together 60-250 tokens, like debate prompts + traces.
+PROMPT_TOKENS, TRACE_TOKENS = (40, 120), (20, 130)
+TRACES_PER_QUESTION = 6  # debate.n_agents x debate.rounds
+NO_BUCKETS = 10**9  # a forward "costing" more than any padding: one bucket, today's single forward
 
 
-def seconds_per_step(model, batch_size: int, length: int, steps: int, bf16: bool, device: str) -> float:
+def draw(rng: random.Random, bounds: tuple[int, int]) -> int:
+    return rng.randint(*bounds)
+
+
+def sft_rows(n: int, vocab: int, seed: int) -> list[dict]:
+    """Rows of (input_ids, n_prompt): prompt tokens carry no loss."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        prompt, trace = draw(rng, PROMPT_TOKENS), draw(rng, TRACE_TOKENS)
+        rows.append({"input_ids": [rng.randrange(vocab) for _ in range(prompt + trace)], "n_prompt": prompt})
+    return rows
+
+
+def sft_batch(rows: list[dict], pad_token_id: int) -> dict:
     import torch
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    ids = torch.randint(0, model.config.vocab_size, (batch_size, length), generator=torch.Generator().manual_seed(0))
-    ids = ids.to(model.device)
-    times = []
-    for _ in range(steps + 1):  # the first step (allocations, kernel choice) is not counted
+    width = max(len(r["input_ids"]) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_token_id)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), -100)
+    for i, row in enumerate(rows):
+        n = len(row["input_ids"])
+        input_ids[i, :n] = torch.tensor(row["input_ids"])
+        attention[i, :n] = 1
+        labels[i, row["n_prompt"]:n] = input_ids[i, row["n_prompt"]:n]
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def prm_items(n_questions: int, vocab: int, seed: int) -> list[dict]:
+    """Questions as `question_items` makes them: each trace is the question's prompt, then 2-5 steps."""
+    rng = random.Random(seed)
+    items = []
+    for _ in range(n_questions):
+        prompt = [rng.randrange(vocab) for _ in range(draw(rng, PROMPT_TOKENS))]
+        traces = []
+        for t in range(TRACES_PER_QUESTION):
+            n_steps, n_tokens = rng.randint(2, 5), draw(rng, TRACE_TOKENS)
+            step_ends = [*sorted(rng.sample(range(1, n_tokens), n_steps - 1)), n_tokens]
+            traces.append({"input_ids": prompt + [rng.randrange(vocab) for _ in range(n_tokens)],
+                           "positions": [len(prompt) + end - 1 for end in step_ends],
+                           "labels": [t % 2] * n_steps})  # half the traces right, half wrong
+        items.append({"traces": traces})
+    return items
+
+
+class Stepper:
+    """One model and its optimizer; times optimizer steps and counts real and processed tokens."""
+
+    def __init__(self, model, loss_fn, n_params: int):
+        import torch
+
+        self.model, self.loss_fn, self.n_params = model, loss_fn, n_params
+        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+
+    def step(self, batch: dict, bf16: bool = False) -> float:
+        import torch
+
+        device = self.model.device
+        batch = {k: v.to(device) for k, v in batch.items()}
         began = time.perf_counter()
-        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
-            loss = model(input_ids=ids, labels=ids).loss
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = self.loss_fn(self.model, batch)
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        times.append(time.perf_counter() - began)
-    return sum(times[1:]) / steps
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - began
+
+
+def summary(seconds: list[float], real: int, processed: int, n_params: int, peak_gflops: float) -> dict:
+    rate = real / sum(seconds)
+    return {"steps": len(seconds), "s_per_step": round(sum(seconds) / len(seconds), 3),
+            "real_tokens": real, "processed_tokens": processed,
+            "padded_fraction": round(1 - real / processed, 3),
+            "real_tokens_per_s": round(rate, 1), "processed_tokens_per_s": round(processed / sum(seconds), 1),
+            "roofline_fraction": round(6 * n_params * rate / 1e9 / peak_gflops, 3)}
+
+
+def compare(stepper: Stepper, before: list[dict], after: list[dict], counts, peak: float) -> tuple[dict, dict]:
+    """One warm-up step (not counted), then BEFORE and AFTER steps interleaved; the figures and each step's time."""
+    stepper.step(before[0])
+    times = {"before": [], "after": []}
+    for i in range(max(len(before), len(after))):
+        for name, batches in (("before", before), ("after", after)):
+            if i < len(batches):
+                times[name].append(stepper.step(batches[i]))
+    out = {name: summary(times[name], *counts(batches), stepper.n_params, peak)
+           for name, batches in (("before", before), ("after", after))}
+    out["speedup"] = round(out["after"]["real_tokens_per_s"] / out["before"]["real_tokens_per_s"], 2)
+    return out, times
+
+
+def sft_counts(batches: list[dict]) -> tuple[int, int]:
+    return sum(int(b["attention_mask"].sum()) for b in batches), sum(b["input_ids"].numel() for b in batches)
+
+
+def prm_counts(batches: list[dict]) -> tuple[int, int]:
+    real = sum(int(b["attention_mask"].sum()) for b in batches)
+    processed = 0
+    for b in batches:
+        lengths, buckets = b["attention_mask"].sum(1), b["row_buckets"]
+        processed += sum(int((buckets == k).sum()) * int(lengths[buckets == k].max()) for k in buckets.unique())
+    return real, processed
+
+
+def sft_loss(model, batch):
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    weights = batch["attention_mask"].new_ones(len(batch["input_ids"]), dtype=logits.dtype)
+    return weighted_completion_loss(logits, batch["labels"], weights, weight_mass=len(weights))
+
+
+def prm_step_loss(model, batch):
+    return prm_loss(step_scores(model, batch), batch["step_labels"], batch["step_groups"], batch["step_rows"],
+                    tau=0.1, ce_weight=1.0)
 
 
 def main() -> None:
+    import torch
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=None, help="default: sft.batch_size of params.yaml")
-    parser.add_argument("--length", type=int, default=192, help="tokens per row (the SFT rows are ~100-250)")
+    parser.add_argument("--model", default=None, help="default: model.student of params.yaml")
+    parser.add_argument("--rows", type=int, default=48, help="SFT rows: one epoch (default: R-SFT's 48 questions)")
+    parser.add_argument("--questions", type=int, default=8, help="PRM questions of 6 traces: one epoch")
+    parser.add_argument("--bf16-steps", type=int, default=3, help="SFT AFTER steps timed again under bf16 autocast")
+    parser.add_argument("--prm-bucket-cost-tokens", type=int, default=None,
+                        help="AFTER's prm.bucket_cost_tokens (default: params.yaml's)")
     parser.add_argument("--device", default=None, help="default: model.device of params.yaml")
+    parser.add_argument("--note", default=None, help="a note for the JSON (e.g. what else ran on the machine)")
     args = parser.parse_args()
     params = load_params("params.yaml")
     device = torch_device(args.device or params.model.device)
-    batch_size = args.batch_size or params.sft.batch_size
-    rows = {}
-    for name, bf16 in (("float32", False), ("bf16 autocast", True)):
-        model, _ = load_causal_lm(params.model.student, dtype="float32", device=device)  # fp32 master weights
-        model.train()
-        reset_peak_rss()
-        rows[name] = {"s_per_step": round(seconds_per_step(model, batch_size, args.length, args.steps, bf16, device), 3),
-                      "peak_rss_gib": round(peak_rss_gib(), 2)}
-        print(f"{name:>14}: {rows[name]['s_per_step']} s/step, peak {rows[name]['peak_rss_gib']} GiB")
-    ratio = round(rows["float32"]["s_per_step"] / rows["bf16 autocast"]["s_per_step"], 2)
-    print(f"bf16 autocast is {ratio}x the speed of float32 (batch {batch_size} x {args.length} tokens)")
-    write("training_step.json", {"machine": machine(device), "model": params.model.student, "batch_size": batch_size,
-                                 "length": args.length, "steps": args.steps, **rows, "bf16_speedup": ratio})
+    model_name = args.model or params.model.student
+    peak = matmul_peak_gflops("float32", size=2048, repeats=10)
+    print(f"fp32 matrix-product peak (2048x2048, best of 10): {peak:.0f} GFLOP/s")
+
+    model, tokenizer = load_causal_lm(model_name, dtype="float32", device=device)
+    model.train()
+    pad = tokenizer.pad_token_id
+    rows = sft_rows(args.rows, model.config.vocab_size, seed=0)
+    bs = params.sft.batch_size
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0)).tolist()
+    before = [sft_batch([rows[i] for i in order[s:s + bs]], pad) for s in range(0, len(rows), bs)]
+    grouped = LengthGroupedBatches([len(r["input_ids"]) for r in rows], bs, seed=0).batches()
+    after = [sft_batch([rows[i] for i in batch], pad) for batch in grouped]
+    sft_stepper = Stepper(model, sft_loss, sum(p.numel() for p in model.parameters()))
+    figures, times = compare(sft_stepper, before, after, sft_counts, peak)
+    sft = {"rows": len(rows), "batch_size": bs, **figures}
+
+    # bf16 autocast on the first AFTER batches, against their fp32 times above
+    n_bf16 = min(args.bf16_steps, len(after))
+    precision = {}
+    if n_bf16:
+        sft_stepper.step(after[0], bf16=True)  # warm-up
+        bf16 = [sft_stepper.step(after[i], bf16=True) for i in range(n_bf16)]
+        precision = {"float32": {"s_per_step": round(sum(times["after"][:n_bf16]) / n_bf16, 3)},
+                     "bf16 autocast": {"s_per_step": round(sum(bf16) / n_bf16, 3)}}
+        precision["bf16_speedup"] = round(precision["float32"]["s_per_step"] / precision["bf16 autocast"]["s_per_step"], 2)
+    del model, sft_stepper
+
+    prm_model, _ = load_prm(model_name)
+    prm_model.to(device).train()
+    set_stage(prm_model, 2)
+    items = prm_items(args.questions, prm_model.config.vocab_size, seed=1)
+    bq = params.prm.batch_questions
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(0)).tolist()
+    question_batches = [[items[i] for i in order[s:s + bq]] for s in range(0, len(items), bq)]
+    one_forward = StepBatchCollator(pad, NO_BUCKETS)
+    bucket_cost = params.prm.bucket_cost_tokens if args.prm_bucket_cost_tokens is None else args.prm_bucket_cost_tokens
+    bucketed = StepBatchCollator(pad, bucket_cost)
+    embedding = prm_model.get_input_embeddings().weight.numel()
+    prm_stepper = Stepper(prm_model, prm_step_loss, sum(p.numel() for p in prm_model.parameters()) - embedding)
+    prm = {"questions": len(items), "traces_per_question": TRACES_PER_QUESTION, "batch_questions": bq,
+           "bucket_cost_tokens": bucket_cost,
+           **compare(prm_stepper, [one_forward(q) for q in question_batches], [bucketed(q) for q in question_batches],
+                     prm_counts, peak)[0]}
+
+    print(f"\n{'':14}{'real tok/s':>11}{'padded':>8}{'roofline':>9}{'s/step':>8}")
+    for name, section in (("SFT", sft), ("PRM", prm)):
+        for variant in ("before", "after"):
+            f = section[variant]
+            print(f"{name + ' ' + variant:14}{f['real_tokens_per_s']:>11}{f['padded_fraction']:>8.1%}"
+                  f"{f['roofline_fraction']:>9.1%}{f['s_per_step']:>8}")
+        print(f"{name} speed-up (real tokens/s, after / before): {section['speedup']}x")
+    if precision:
+        print(f"bf16 autocast: {precision['bf16_speedup']}x the speed of float32 ({n_bf16} SFT steps)")
+    write("training_step.json", {
+        "machine": machine(device), "note": args.note, "model": model_name, "matmul_peak_gflops": round(peak, 1),
+        "lengths": {"prompt_tokens": PROMPT_TOKENS, "trace_tokens": TRACE_TOKENS, "drawn": "uniform, synthetic"},
+        "sft": sft, "prm": prm, "batch_size": bs, "steps": n_bf16, **precision})
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""SFT: the weighted completion loss, the label mask, and a real (tiny) training run."""
+"""SFT: the weighted completion loss, the label mask, length-grouped batches, and a real (tiny) training run."""
+
+import math
 
 import pytest
 import torch
@@ -6,6 +8,7 @@ from safetensors.torch import load_file
 
 from agentark_utils.config import SFTParams
 from agentark_utils.distill import (
+    LengthGroupedBatches,
     _WeightCollator,
     _trainer_class,
     train_sft,
@@ -179,6 +182,81 @@ def test_tiny_model_loss_falls_and_weights_change(tiny_model_dir, tmp_path, lora
     assert changed, "no weight changed"
     assert result.n_rows == 8 and result.n_questions == 8 and 0 < result.n_completion_tokens < result.n_tokens
     assert not (tmp_path / "student.checkpoints").exists() and not (tmp_path / "student.partial").exists()
+
+
+def padded_fraction(lengths, batches):
+    padded = sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
+    return 1 - sum(lengths) / padded
+
+
+def test_length_grouped_batches_see_every_row_once_per_epoch_with_less_padding():
+    lengths = [60 + (i * 37) % 190 for i in range(50)]  # 60-249 tokens, mixed
+    sampler = LengthGroupedBatches(lengths, batch_size=8, seed=0)
+    random_fractions = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = sampler.batches()
+        assert sorted(list(sampler)) == list(range(50))  # each row exactly once per epoch
+        assert [len(b) for b in batches] == [8] * 6 + [2]  # full batches, then the one short batch
+        assert list(sampler) == [i for b in batches for i in b]  # the DataLoader's cut is the batches
+        assert padded_fraction(lengths, batches[:-1]) < 0.05
+        order = torch.randperm(50, generator=torch.Generator().manual_seed(epoch)).tolist()
+        random_fractions.append(padded_fraction(lengths, [order[i:i + 8] for i in range(0, 48, 8)]))
+    assert min(random_fractions) > 0.2
+    sampler.set_epoch(1)
+    again = LengthGroupedBatches(lengths, batch_size=8, seed=0)
+    again.set_epoch(1)
+    assert again.batches() == sampler.batches()  # a resumed run replays its epoch
+    again.set_epoch(2)
+    assert again.batches() != sampler.batches()
+
+
+def test_length_grouped_batches_come_in_random_order():
+    """No length curriculum (transformers' LengthGroupedSampler starts every epoch with the longest
+    batch): over epochs, the first batch is as long as any other on average."""
+    lengths = list(range(40))
+    sampler = LengthGroupedBatches(lengths, batch_size=4, seed=0)
+    first_means = []
+    for epoch in range(400):
+        sampler.set_epoch(epoch)
+        first_means.append(sum(lengths[i] for i in sampler.batches()[0]) / 4)
+    assert sum(first_means) / len(first_means) == pytest.approx(19.5, abs=2.5)  # the mean length; SE ~0.6
+    assert len(set(first_means)) == 10  # every batch leads some epoch
+
+
+def varied_examples(n=8):
+    """Completions of four lengths (more ones to add up)."""
+    return [Example(f"q{i}", f"What is {i} + {3 * (i % 4)}?", f"{' + '.join([str(i)] + ['1'] * (3 * (i % 4)))}"
+                    f" = {i + 3 * (i % 4)}\nFinal Answer: {i + 3 * (i % 4)}", 1.0, "test") for i in range(n)]
+
+
+def test_trainer_batches_rows_of_similar_length_each_epoch(tiny_model_dir, tmp_path):
+    """`group_by_length` reaches the Trainer's data loader, with a new order every epoch (set_epoch)."""
+    trainer = sft_trainer(tiny_model_dir, varied_examples(), tmp_path, per_device_train_batch_size=2,
+                          num_train_epochs=2, train_sampling_strategy="group_by_length", learning_rate=0.0, seed=3)
+    seen, collate = [], trainer.data_collator
+    trainer.data_collator = lambda rows: seen.append([len(r["input_ids"]) for r in rows]) or collate(rows)
+    trainer.train()
+    lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
+    assert len(set(lengths)) > 2
+    expected = LengthGroupedBatches(lengths, batch_size=2, seed=3)
+    for epoch in range(2):
+        expected.set_epoch(epoch)
+        assert seen[4 * epoch:4 * epoch + 4] == [[lengths[i] for i in b] for b in expected.batches()]
+    assert seen[:4] != seen[4:]
+
+
+def test_length_grouping_leaves_the_loss_close(tiny_model_dir, tmp_path):
+    """Same rows, same steps, another order: the final losses are finite and close."""
+    final = {}
+    for group in (True, False):
+        params = SFTParams(learning_rate=1e-2, epochs=6, batch_size=2, save_steps=100, group_by_length=group)
+        result = train_sft(varied_examples(), str(tiny_model_dir), tmp_path / str(group), params, device="cpu")
+        losses = [h["loss"] for h in result.log_history if "loss" in h]
+        assert result.rows_seen == 6 * 8
+        final[group] = sum(losses[-4:]) / 4  # the last epoch
+    assert all(math.isfinite(v) for v in final.values())
+    assert final[True] == pytest.approx(final[False], rel=0.25)
 
 
 def test_no_examples_is_a_clear_error(tiny_model_dir, tmp_path):

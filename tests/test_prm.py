@@ -15,12 +15,14 @@ from agentark_utils.prm import (
     contrastive_step_loss,
     encode_steps,
     evaluate_prm,
+    length_buckets,
     load_prm,
     prm_loss,
     question_items,
     render_prompt,
     set_stage,
     stage_losses,
+    step_scores,
     step_table,
     train_prm,
     untrained_scorer,
@@ -77,13 +79,58 @@ def test_collator_flattens_questions_into_scored_steps():
     items = [{"traces": [{"input_ids": [5, 6, 7], "positions": [1, 2], "labels": [1, 0]},
                          {"input_ids": [5, 8], "positions": [1], "labels": [1]}]},
              {"traces": [{"input_ids": [9], "positions": [0], "labels": [0]}]}]
-    batch = StepBatchCollator(pad_token_id=0)(items)
+    batch = StepBatchCollator(pad_token_id=0, bucket_cost_tokens=0)(items)
     assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 8, 0], [9, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0], [1, 0, 0]]
     assert batch["step_rows"].tolist() == [0, 0, 1, 2]
     assert batch["step_positions"].tolist() == [1, 2, 1, 0]
     assert batch["step_labels"].tolist() == [1, 0, 1, 0]
     assert batch["step_groups"].tolist() == [0, 0, 0, 1]
+    assert batch["row_buckets"].tolist() == [0, 1, 2]  # a forward costs nothing extra: one bucket per length
+
+
+def padded_tokens(lengths, buckets):
+    return sum(sum(1 for b in buckets if b == bucket) * max(n for n, b in zip(lengths, buckets) if b == bucket)
+               for bucket in set(buckets))
+
+
+def test_length_buckets_cut_the_padding_of_skewed_lengths():
+    lengths = [200, 60, 190, 64, 62, 210, 61, 63]  # two clusters: one forward pads all to 210
+    buckets = length_buckets(lengths, bucket_cost_tokens=64)
+    assert sorted(set(buckets)) == [0, 1]
+    assert {n for n, b in zip(lengths, buckets) if b == 0} == {200, 190, 210}  # bucket 0: the longest rows
+    assert padded_tokens(lengths, buckets) == 3 * 210 + 5 * 64 < len(lengths) * 210
+    # the cuts are optimal: no partition of the sorted rows into contiguous buckets costs less
+    ranked = sorted(lengths, reverse=True)
+    def cost(cuts):
+        edges = [0, *cuts, len(ranked)]
+        return sum((b - a) * ranked[a] + 64 for a, b in zip(edges, edges[1:]))
+    best = min(cost([i for i in range(1, len(ranked)) if mask >> i & 1]) for mask in range(2 ** len(ranked)))
+    assert padded_tokens(lengths, buckets) + 64 * len(set(buckets)) == best
+    # a forward that costs more than all the padding it would save: one bucket, as before
+    assert set(length_buckets(lengths, bucket_cost_tokens=10_000)) == {0}
+    assert length_buckets([], 64) == []
+
+
+def test_bucketed_forward_gives_the_scores_and_gradients_of_one_forward(tiny_model_dir):
+    """The padding saved changes nothing: the same step scores, loss and gradients as one padded forward."""
+    traces, prompts = traces_and_prompts()
+    traces.append(StepTrace("q0", "long", [" ".join(["seven"] * 80), "Final Answer: 7"], [0, 0]))
+    model, tok = load_prm(str(tiny_model_dir))
+    items = question_items(traces, prompts, tok, max_length=512)
+    results = []
+    for cost in (0, 10**9):
+        batch = StepBatchCollator(tok.pad_token_id, bucket_cost_tokens=cost)(items)
+        model.zero_grad()
+        scores = step_scores(model, batch)
+        loss = prm_loss(scores, batch["step_labels"], batch["step_groups"], batch["step_rows"], 0.1, 1.0)
+        loss.backward()
+        results.append((len(set(batch["row_buckets"].tolist())), scores.detach(), loss.item(),
+                        torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
+    (many, scores, loss, grad), (one, scores1, loss1, grad1) = results
+    assert many > 1 and one == 1
+    assert torch.allclose(scores, scores1, atol=1e-5) and loss == pytest.approx(loss1, rel=1e-5)
+    assert ((grad - grad1).norm() / grad1.norm()).item() < 1e-4
 
 
 def test_stage_one_trains_exactly_the_head_last_block_and_norm(tiny_model_dir):
