@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import time
 from pathlib import Path
 
 from agentark_utils.config import load_params
@@ -20,6 +21,21 @@ def setup(n_questions: int):
     if n_questions > len(test):
         raise SystemExit(f"--questions {n_questions}: the pipeline's test split has {len(test)} (data.n_test)")
     return params, test[:n_questions]
+
+
+def matmul_peak_gflops(dtype: str, size: int = 1024, repeats: int = 20) -> float:
+    """Best rate of square matrix products on this machine (the roofline's ceiling)."""
+    import torch
+
+    a = torch.randn(size, size, dtype=getattr(torch, dtype))
+    b = torch.randn(size, size, dtype=getattr(torch, dtype))
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        began = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - began)
+    return 2 * size**3 / best / 1e9
 
 
 def reset_peak_rss() -> None:

@@ -20,27 +20,12 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import machine, peak_rss_gib, reset_peak_rss, setup, write
+from common import machine, matmul_peak_gflops, peak_rss_gib, reset_peak_rss, setup, write
 
 from agentark_utils.backends import HFBackend
 from agentark_utils.debate import debate_chunk
 from agentark_utils.metrics import system_calls
 from agentark_utils.models import torch_device
-
-
-def matmul_peak_gflops(dtype: str, size: int = 1024, repeats: int = 20) -> float:
-    """Best rate of square matrix products on this machine (the roofline's ceiling)."""
-    import torch
-
-    a = torch.randn(size, size, dtype=getattr(torch, dtype))
-    b = torch.randn(size, size, dtype=getattr(torch, dtype))
-    a @ b  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        began = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - began)
-    return 2 * size**3 / best / 1e9
 
 
 class TokenCounter:

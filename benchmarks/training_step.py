@@ -25,8 +25,7 @@ import argparse
 import random
 import time
 
-from common import machine, write
-from debate_throughput import matmul_peak_gflops
+from common import machine, matmul_peak_gflops, write
 
 from agentark_utils.config import load_params
 from agentark_utils.distill import LengthGroupedBatches, weighted_completion_loss
