@@ -1,7 +1,7 @@
 """GPU smoke test: generation, SFT, PRM and GRPO on one device with a small random model, in minutes.
 
     python benchmarks/gpu_smoke.py --prepare DIR            # here (CPU): tokenizer + tiny model into DIR
-    python benchmarks/gpu_smoke.py --tokenizer-dir DIR      # GPU: SmolLM2-135M-shaped random model, ~8-10 min
+    python benchmarks/gpu_smoke.py --tokenizer-dir DIR      # GPU: SmolLM2-135M-shaped random model, about 3 min (measured on one H200)
     python benchmarks/gpu_smoke.py --device cpu --tiny --tokenizer-dir DIR   # CI: seconds
 
 Parts (each reports wall time, tokens/s, peak GPU memory and PASS/FAIL; a failing part does not stop
@@ -51,22 +51,8 @@ ARCHS = {
                          num_key_value_heads=3, rope_theta=100000.0, rms_norm_eps=1e-5),
 }
 
-# Workload sizes. Measured on one H200 (transformers 5.24, the project's pin): the sizes of
-# README's 3-minute command took 160 s over the four parts; "default" scales them up to about 8-10
-# minutes (extrapolated, not run). --tiny: seconds on a CPU.
-SIZES = {
-    "default": dict(gen_prompts=256, gen_batch=32, gen_compare=16, gen_tokens=256,
-                    gen_reference_prompts=4, gen_reference_tokens=32,
-                    sft_rows=2000, sft_batch=8, sft_epochs=1, sft_max_length=512,
-                    prm_questions=32, prm_stage1=100, prm_stage2=100, prm_batch_questions=4,
-                    grpo_questions=32, grpo_steps=40, grpo_group=4, grpo_batch=16, grpo_tokens=128),
-    "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2),
-    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, rope_theta=100000.0, rms_norm_eps=1e-5),
-}
-
-# Workload sizes: default (~10 min on one GPU with the 135M shape) and --tiny (seconds on a CPU).
+# Workload sizes: default (measured: 160 s over the four parts on one H200 with transformers 5.24,
+# the project's pin) and --tiny (seconds on a CPU).
 SIZES = {
     "default": dict(gen_prompts=128, gen_batch=32, gen_compare=16, gen_tokens=128,
                     gen_reference_prompts=4, gen_reference_tokens=32,
