@@ -200,8 +200,9 @@ class HFBackend:
 
     name = "hf"
 
-    def __init__(self, model: str, *, dtype: str = "bfloat16", device: str = "auto", batch_size: int = 16,
-                 trust_remote_code: bool = False, share_prefixes: bool = True, enable_thinking: bool | None = None):
+    def __init__(self, model: str, *, dtype: str = ModelParams.model_fields["dtype"].default, device: str = "auto",
+                 batch_size: int = ModelParams.model_fields["batch_size"].default, trust_remote_code: bool = False,
+                 share_prefixes: bool = True, enable_thinking: bool | None = None):
         from agentark_utils.models import load_causal_lm
 
         self.model, self.tokenizer = load_causal_lm(model, dtype, device, trust_remote_code)

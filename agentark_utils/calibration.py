@@ -15,9 +15,11 @@ since only the debate against the single agent is asked). `read_experiments` tur
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -26,7 +28,8 @@ from agentark_utils.config import CalibrationParams, load_params
 
 # What every calibration run fixes, whatever the setting: held-out questions only.
 FIXED = {"data.n_train": 0, "data.ood_tasks": [], "debate.self_consistency_samples": 1}
-METRICS_FILE = "results/debate/metrics.json"
+DEBATE_DIR = Path("results/debate")
+METRICS_FILE = f"{DEBATE_DIR}/metrics.json"
 
 
 def _yaml_value(value) -> str:
@@ -49,9 +52,13 @@ def experiment_name(index: int) -> str:
 
 def run_sweep(params_path: str = "params.yaml") -> None:
     """Run every setting as a DVC experiment of the debate stage, one after the other, in the
-    workspace; params.yaml and dvc.lock are restored afterwards."""
+    workspace; params.yaml, dvc.lock and the main run's debate outputs are restored afterwards (the
+    experiments resume from, and rewrite, the same persisted records file)."""
     calibration = load_params(params_path).calibration
     backup = {path: Path(path).read_bytes() for path in ("params.yaml", "dvc.lock") if Path(path).exists()}
+    saved = Path(tempfile.mkdtemp(prefix="calibration-"))
+    if DEBATE_DIR.exists():
+        shutil.copytree(DEBATE_DIR, saved / "debate")
     try:
         for index, setting in enumerate(calibration.settings):
             args = [arg for override in overrides(setting, calibration) for arg in ("-S", override)]
@@ -60,6 +67,10 @@ def run_sweep(params_path: str = "params.yaml") -> None:
     finally:
         for path, content in backup.items():
             Path(path).write_bytes(content)
+        if (saved / "debate").exists():
+            shutil.rmtree(DEBATE_DIR, ignore_errors=True)
+            shutil.copytree(saved / "debate", DEBATE_DIR)
+        shutil.rmtree(saved, ignore_errors=True)
 
 
 def _experiments(node) -> list[dict]:
@@ -101,7 +112,9 @@ def read_experiments(exp_show: list, prefix: str = "calibration-") -> pd.DataFra
                         f"{system}_vs_single_high": paired["ci95"][1], f"{system}_mcnemar_p": paired["mcnemar_p"],
                         f"{system}_mde": paired["mde"]})
         rows.append(row)
-    return pd.DataFrame(rows).sort_values("experiment").reset_index(drop=True) if rows else pd.DataFrame()
+    if not rows:
+        raise ValueError(f"no finished {prefix}* experiment in this `dvc exp show --json` output: run `make calibrate`")
+    return pd.DataFrame(rows).sort_values("experiment").reset_index(drop=True)
 
 
 def report(out_dir: str = "results/calibration") -> Path:

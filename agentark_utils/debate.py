@@ -34,7 +34,7 @@ from agentark_utils import answers
 from agentark_utils.backends import Backend, Generation
 from agentark_utils.config import DebateParams, ModelParams
 from agentark_utils.runs import fingerprint as _fingerprint
-from agentark_utils.runs import resume_jsonl, source_digest
+from agentark_utils.runs import path_digest, resume_jsonl, source_digest
 from agentark_utils.store import append_jsonl, read_jsonl
 from agentark_utils.tasks import Question
 
@@ -54,11 +54,15 @@ INSTRUCTIONS = {
 }
 
 
+def question_body(q: Question) -> str:
+    """The question with its options, if it has any."""
+    if not q.choices:
+        return q.question
+    return q.question + "\n" + "\n".join(f"{'ABCDEFGHIJ'[i]}. {c}" for i, c in enumerate(q.choices))
+
+
 def question_prompt(q: Question) -> str:
-    body = q.question
-    if q.choices:
-        body += "\n" + "\n".join(f"{'ABCDEFGHIJ'[i]}. {c}" for i, c in enumerate(q.choices))
-    return f"{body}\n{INSTRUCTIONS[q.answer_format]}"
+    return f"{question_body(q)}\n{INSTRUCTIONS[q.answer_format]}"
 
 
 def _solutions(texts: list[str], label: str) -> str:
@@ -81,19 +85,24 @@ def summarizer_prompt(q: Question, final_texts: list[str]) -> str:
     the problem comes last, as small models need."""
     return (
         f"Several agents solved a problem. Their final solutions:\n\n{_solutions(final_texts, 'Solution')}\n\n"
-        f"Problem: {q.question}\n"
+        f"Problem: {question_body(q)}\n"
         "Which of their answers is correct? Check their steps, choose one of the agents' answers, and write it "
         "on the last line as 'Final Answer: <answer>'."
     )
 
 
+# Stand-ins for what a rendered prompt holds besides its own instructions: words no prompt uses.
+PLACEHOLDERS = ("zzproblem", "zzoption", "zzpeer", "zzfinal")
+
+
 def rendered_prompts() -> list[str]:
-    """Every prompt rendered on a probe question (placeholders PROBLEM, PEER, FINAL): any change in
+    """Every prompt rendered on a probe question (`PLACEHOLDERS` for its content): any change in
     their wording changes the fingerprint, and `echoes_prompt` spots outputs that repeat them."""
-    probe = Question("probe", "probe", "PROBLEM", "0", "number")
-    choice = Question("probe", "probe", "PROBLEM", "A", "choice", ["x", "y"])
-    return [question_prompt(probe), question_prompt(choice), revision_prompt(probe, ["PEER"]),
-            revision_prompt(probe, []), summarizer_prompt(probe, ["FINAL"])]
+    problem, option, peer, final = PLACEHOLDERS
+    probe = Question("probe", "probe", problem, "0", "number")
+    choice = Question("probe", "probe", problem, "A", "choice", (option, option))
+    return [question_prompt(probe), question_prompt(choice), revision_prompt(probe, [peer]),
+            revision_prompt(probe, []), summarizer_prompt(probe, [final]), summarizer_prompt(choice, [final])]
 
 
 ECHO_NGRAM = 6  # six consecutive words of an instruction: long enough that no real solution says them
@@ -105,10 +114,9 @@ def _words(text: str) -> list[str]:
 
 @lru_cache(maxsize=1)
 def _prompt_ngrams() -> frozenset[tuple[str, ...]]:
-    placeholders = {"problem", "peer", "final"}  # the probe question's stand-ins, not instructions
     grams = set()
     for prompt in rendered_prompts():
-        words = [w for w in _words(prompt) if w not in placeholders]
+        words = [w for w in _words(prompt) if w not in PLACEHOLDERS]
         grams.update(tuple(words[i : i + ECHO_NGRAM]) for i in range(len(words) - ECHO_NGRAM + 1))
     return frozenset(grams)
 
@@ -179,7 +187,9 @@ def debate_chunk(questions: list[Question], backend: Backend, cfg: DebateParams,
                                desc="single (sampled)", **gen)
 
     # Self-consistency: as many samples as the debate's call budget, then a majority vote.
-    k = cfg.sc_samples if self_consistency else 0
+    # as many samples as the debate's call budget, unless set
+    budget = cfg.n_agents * cfg.rounds + int(cfg.summarizer)
+    k = (cfg.self_consistency_samples or budget) if self_consistency else 0
     sc = backend.generate([c for c in first for _ in range(k)], temperature=cfg.temperature,
                           seed=seed + SEED_OFFSETS["self_consistency"], desc="self-consistency", **gen) if k else []
 
@@ -225,7 +235,7 @@ def debate_chunk(questions: list[Question], backend: Backend, cfg: DebateParams,
         majority_vote = vote(q, rounds[qi][-1])
         summary = graded_call(q, summaries[qi]) if qi in summaries else None
         if summary is None:
-            final = {**majority_vote, "source": "consensus" if qi not in disputed and cfg.summarizer else "majority"}
+            final = {**majority_vote, "source": "consensus" if _consensus(rounds[qi][-1]) else "majority"}
         elif summary["status"] == "unparsed":
             final = {**majority_vote, "source": "majority (summarizer stated no answer)"}
         else:
@@ -254,12 +264,14 @@ GENERATION_KEYS = {"teacher", "backend", "dtype", "trust_remote_code", "enable_t
 
 
 def fingerprint(*sections) -> str:
-    """A hash of the settings, prompts and grading code that shape every record of a run. The
-    questions are not in it: each record's stamp adds its own (`record_fingerprint`), so growing a
-    split debates only the new questions."""
+    """A hash of what shapes every record of a run: the settings, the teacher's files, the prompts,
+    and the generation and grading code. The questions are not in it: each record's stamp adds its
+    own (`record_fingerprint`), so growing a split debates only the new questions."""
     dumped = [s.model_dump(include=GENERATION_KEYS) if isinstance(s, ModelParams)
               else s.model_dump() if hasattr(s, "model_dump") else s for s in sections]
-    return _fingerprint(dumped, rendered_prompts(), source_digest("agentark_utils.answers"))
+    teachers = [path_digest(s.teacher) for s in sections if isinstance(s, ModelParams)]
+    return _fingerprint(dumped, teachers, rendered_prompts(),
+                        source_digest("agentark_utils.answers", "agentark_utils.backends"))
 
 
 def record_fingerprint(run_fingerprint: str, question: Question) -> str:

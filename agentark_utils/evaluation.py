@@ -59,7 +59,7 @@ def held_out_sets(records: list[dict], task: str) -> dict[str, list[dict]]:
 
 # The debate stage's systems as the headline table names them.
 DEBATE_SYSTEMS = {"single agent": "single", "single agent (sampled)": "single_sampled",
-                  "self-consistency": "self_consistency", "debate (summarizer)": "debate",
+                  "self-consistency": "self_consistency", "debate (final answer)": "debate",
                   "debate (majority)": "debate_majority"}
 
 
@@ -91,7 +91,7 @@ def headline_table(held_out: dict[str, list[dict]], predictions: list[dict], res
     for row in predictions:
         correct.setdefault((row["model"], row["test_set"]), []).append(row["status"] == "correct")
     table = pd.DataFrame(rows)
-    debate = table[table["name"] == "debate (summarizer)"].set_index("test_set")
+    debate = table[table["name"] == "debate (final answer)"].set_index("test_set")
     for column in ("generated_tokens_per_question", "latency_s_per_question"):
         table[f"debate / this ({column.removesuffix('_per_question')})"] = [
             debate[column].get(t, float("nan")) / v if v else float("nan") for t, v in zip(table["test_set"], table[column])]

@@ -180,23 +180,16 @@ def eligible(records: list[dict], min_correct: int = 2) -> list[dict]:
 
 
 def rsft_examples(records: list[dict]) -> list[Example]:
-    """One clean correct trace per question: a corrective one first, else the summarizer's if
-    correct and clean, else the first clean correct agent's."""
+    """One clean correct trace per question: a corrective one first, else the first clean correct
+    agent's. (Not the summarizer's: it chooses among the agents' answers, it does not solve.)"""
     out = []
     for r in records:
         q = Question.from_dict(r["question"])
         clean = clean_correct_agents(r)
         corrective = [i for i in corrective_agents(r) if i in clean]
-        summary = r["debate"]["summarizer"]
-        if corrective:
-            i = corrective[0]
-            text, source = final_round(r)[i]["text"], f"agent {i + 1} (corrective)"
-        elif summary and summary["status"] == "correct" and unclean_reason(summary) is None:
-            text, source = summary["text"], "summarizer"
-        else:
-            i = clean[0]
-            text, source = final_round(r)[i]["text"], f"agent {i + 1}"
-        out.append(Example(q.id, question_prompt(q), text.strip(), 1.0, source))
+        i = corrective[0] if corrective else clean[0]
+        source = f"agent {i + 1} (corrective)" if corrective else f"agent {i + 1}"
+        out.append(Example(q.id, question_prompt(q), final_round(r)[i]["text"].strip(), 1.0, source))
     return out
 
 

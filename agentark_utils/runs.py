@@ -26,7 +26,7 @@ def fingerprint(*parts) -> str:
 
 
 @lru_cache(maxsize=None)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+def _file_digest(path: str, inode: int, size: int, mtime_ns: int, ctime_ns: int) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
@@ -40,9 +40,9 @@ def path_digest(path: str | Path) -> str:
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     parts = []
     for file in files:
-        stat = file.stat()  # size and mtime only key the cache: the digest is of the bytes
+        stat = file.stat()  # the stat only keys the cache (a rewrite changes ctime at least): the digest is of the bytes
         parts.append([str(file.relative_to(path)) if file != path else file.name,
-                      _file_digest(str(file), stat.st_size, stat.st_mtime_ns)])
+                      _file_digest(str(file), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)])
     return fingerprint(parts)
 
 

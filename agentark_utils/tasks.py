@@ -322,7 +322,7 @@ def _component_questions(spec: TaskSpec, offset: int, seed: int, wanted: int, ta
         for index in range(start, start + round_size):
             item = stream[index]
             answer, meta = str(item["answer"]), _jsonable(item["metadata"])
-            q = Question(f"{comp.dataset}-{offset}-{seed}-{index}", spec.name, item["question"], answer,
+            q = Question(f"{spec.name}-{comp.dataset}-{offset}-{seed}-{index}", spec.name, item["question"], answer,
                          spec.answer_format, metadata={"source_dataset": comp.dataset, **meta,
                                                        "stratum": _stratum(comp.dataset, offset, meta, answer)})
             key = expression_key(q)
@@ -443,6 +443,9 @@ def load_splits(data) -> dict[str, list[Question]]:
     splits = {"train": train, "test": test}
     for task in data.ood_tasks:
         splits[OOD_PREFIX + task] = load_task(task, 0, data.n_ood, seed=data.seed)[1]
+    ids = [q.id for questions in splits.values() for q in questions]
+    if len(set(ids)) != len(ids):  # records are keyed by id: two questions under one id would merge
+        raise DatasetError(f"question ids repeat across the splits {list(splits)}; give each task its own ids")
     return splits
 
 

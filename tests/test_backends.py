@@ -417,7 +417,7 @@ def test_vllm_backend_runs_one_tensor_parallel_engine_with_prefix_caching(monkey
                 for i, (c, p) in enumerate(zip(conversations, params))]
 
     monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=LLM, SamplingParams=SimpleNamespace))
-    backend = make_backend(ModelParams(teacher=str(tiny_model_dir), student="x", backend="vllm",
+    backend = make_backend(ModelParams(teacher=str(tiny_model_dir), student="x", backend="vllm", dtype="bfloat16",
                                        tensor_parallel_size=2))
     assert isinstance(backend, VLLMBackend)
     assert made == [{"model": str(tiny_model_dir), "dtype": "bfloat16", "tensor_parallel_size": 2,

@@ -122,8 +122,8 @@ def test_params_file_errors(tmp_path):
 
 
 def test_shipped_params_are_valid():
-    params = load_params(ROOT / "params.yaml")
-    assert params.debate.sc_samples == params.debate.n_agents * params.debate.rounds + 1
+    for path in ("params.yaml", "profiles/paper.yaml"):
+        assert load_params(ROOT / path).model.teacher
 
 
 def test_notebook_parameters_match_params_yaml():

@@ -206,7 +206,10 @@ def test_a_changed_grader_changes_the_fingerprint(monkeypatch):
 
     params = cfg()
     before = fingerprint(params)
-    monkeypatch.setattr(runs.inspect, "getsource", lambda module: "def grade(): return 'correct'")
+    real = runs.inspect.getsource
+    monkeypatch.setattr(runs.inspect, "getsource",
+                        lambda module: "def grade(): return 'correct'" if module.__name__ == "agentark_utils.answers"
+                        else real(module))
     assert fingerprint(params) != before  # stored grades are not reused under a new grader
 
 
@@ -265,3 +268,22 @@ def test_debate_metrics_pair_the_debate_with_the_greedy_single_agent():
     assert block["debate_vs_single"]["gained"] == 2 and block["debate_vs_single"]["lost"] == 0
     assert block["single_sampled_vs_single"]["gained"] == 2
     assert block["final_source"] == {"consensus": 2}
+
+
+def test_the_summarizer_sees_a_choice_questions_options():
+    q = Question("m1", "t", "Which organ makes insulin?", "B", "choice", ("liver", "pancreas", "kidney"))
+    from agentark_utils.debate import summarizer_prompt
+
+    prompt = summarizer_prompt(q, ["Final Answer: B", "Final Answer: A"])
+    assert "B. pancreas" in prompt and "A. liver" in prompt
+
+
+@pytest.mark.parametrize("text, echoes", [
+    ("then write the final answer on the last line", True),  # the instruction's words include "final"
+    ("Several agents solved a problem. Their final solutions", True),
+    ("2 + 3 = 5, so the final answer is 5", False),
+])
+def test_echoes_of_instructions_that_contain_placeholder_like_words(text, echoes):
+    from agentark_utils.debate import echoes_prompt
+
+    assert echoes_prompt(text) == echoes

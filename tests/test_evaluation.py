@@ -60,7 +60,7 @@ def test_headline_table_pairs_every_row_against_base_and_cot():
                 "unparsed_rate": 0.0, "calls_per_question": 1, "generated_tokens_per_question": 5.0,
                 "latency_s_per_question": 0.1} for m, k in (("base", 10), ("da", 10), ("cot", 15))]
     table = headline_table(held, predictions, results).set_index("name")
-    debate = table.loc["debate (summarizer)"]
+    debate = table.loc["debate (final answer)"]
     assert debate["accuracy"] == 0.5 and debate["vs_base_gained"] == 10 and debate["vs_base_lost"] == 0
     assert debate["vs_base_mcnemar_p"] < 0.01 and debate["vs_base_ci95"][0] > 0
     assert debate["vs_cot_difference"] == pytest.approx(0.125)

@@ -59,14 +59,15 @@ def test_fewer_than_two_correct_agents_are_dropped_and_test_split_never_trains()
     assert [r["id"] for r in extraction.eligible(records, 1)] == ["two", "one"]
 
 
-def test_rsft_prefers_a_corrective_trace_then_the_summarizer():
+def test_rsft_prefers_a_corrective_trace_and_never_the_summarizer():
     corrective = record([R("wrong", "correct"), [("correct", "fixed it: Final Answer: 5"), ("correct", "b: 5")]], "c")
     with_summary = record([[("correct", "a: Final Answer: 5"), ("correct", "b: Final Answer: 5")]], "s")
     no_summary = record([[("wrong", None), ("correct", "b says 5"), ("correct", "c: Final Answer: 5")]], "n",
                         summary="wrong")
     ex = {e.question_id: e for e in extraction.rsft_examples([corrective, with_summary, no_summary])}
     assert ex["c"].completion == "fixed it: Final Answer: 5" and ex["c"].source == "agent 1 (corrective)"
-    assert ex["s"].source == "summarizer"
+    # the summarizer only chooses among the agents' answers: its text is no solution to learn
+    assert ex["s"].source == "agent 1" and ex["s"].completion == "a: Final Answer: 5"
     # agent 2 is correct only by its last number: agent 3, correct on a final-answer line, teaches
     assert ex["n"].source == "agent 3" and ex["n"].completion == "c: Final Answer: 5"
     assert all(e.weight == 1.0 and "2 + 3" in e.prompt for e in ex.values())

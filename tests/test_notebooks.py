@@ -175,10 +175,10 @@ def test_evaluate_notebook(tmp_path, tiny_model_dir):
                      "students": {"rsft": str(tiny_model_dir), "pad": str(tiny_model_dir)}})
     metrics = json.loads((out / "metrics.json").read_text())["accuracy"]
     # the debate stage's systems (the hand-made records have no sampled single agent) and the students
-    assert set(metrics) == {"single agent", "self-consistency", "debate (summarizer)", "debate (majority)",
+    assert set(metrics) == {"single agent", "self-consistency", "debate (final answer)", "debate (majority)",
                             "base", "rsft", "pad"}
     assert {k: v["n"] for k, v in metrics["pad"].items()} == {"arith_mix (in-domain)": 2, "equations (out-of-domain)": 3}
-    pad, debate = metrics["pad"]["arith_mix (in-domain)"], metrics["debate (summarizer)"]["arith_mix (in-domain)"]
+    pad, debate = metrics["pad"]["arith_mix (in-domain)"], metrics["debate (final answer)"]["arith_mix (in-domain)"]
     assert pad["calls_per_question"] == 1 and pad["kind"] == "student"
     assert pad["debate / this (generated_tokens)"] == pytest.approx(
         debate["generated_tokens_per_question"] / pad["generated_tokens_per_question"])

@@ -58,15 +58,3 @@ def test_stage_params_are_the_sections_its_notebook_receives(name):
     spec = PIPELINE[name]["do"] if "foreach" in PIPELINE[name] else PIPELINE[name]
     assert list(spec.get("params", [])) == list(STAGES[name].sections)
 
-
-@pytest.mark.parametrize("notebook", sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "notebooks").glob("*.ipynb")))
-def test_parameters_cell_agrees_with_params_yaml(notebook):
-    """A notebook opened in JupyterLab runs with params.yaml's values, not stale copies of them."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    cells = json.loads((ROOT / notebook).read_text())["cells"]
-    (cell,) = [c for c in cells if "parameters" in c["metadata"].get("tags", [])]
-    namespace: dict = {}
-    exec("".join(cell["source"]), namespace)
-    for section, values in namespace.items():
-        if section in params:
-            assert values == params[section], f"{notebook}: parameters cell's {section} differs from params.yaml"

@@ -141,7 +141,7 @@ def test_component_weights_set_the_component_mix(monkeypatch, weights):
     monkeypatch.setitem(TASKS, "arith_mix", dataclasses.replace(spec, components=components))
     train, test = load_task("arith_mix", 200, 100, seed=0)
     for split in (train, test):
-        counts = Counter(int(q.id.split("-")[1]) for q in split)  # ids are <dataset>-<component>-<seed>-<index>
+        counts = Counter(int(q.id.split("-")[2]) for q in split)  # ids: <task>-<dataset>-<component>-<seed>-<index>
         for offset, weight in enumerate(weights):
             assert abs(counts[offset] - len(split) * weight / sum(weights)) <= 2
 
@@ -174,3 +174,16 @@ def test_accuracy_by_stratum_counts_each_stratum_with_a_wilson_interval():
     assert table.loc["easy", ["ci_low", "ci_high"]].tolist() == pytest.approx([0.3006, 0.9544], abs=1e-4)
     assert table.loc["hard", ["ci_low", "ci_high"]].tolist() == pytest.approx([0.0, 0.4345], abs=1e-4)
     assert table.loc["all", ["ci_low", "ci_high"]].tolist() == pytest.approx([0.2065, 1.0], abs=1e-4)
+
+
+def test_splits_of_two_reasoning_gym_tasks_never_share_an_id():
+    """In-domain and out-of-domain generators can share a component: ids name the task."""
+    from types import SimpleNamespace
+
+    from agentark_utils.tasks import load_splits
+
+    data = SimpleNamespace(task="mul", n_train=20, n_test=10, seed=0, path=None, ood_tasks=["add_sub"], n_ood=10)
+    splits = load_splits(data)
+    ids = [q.id for qs in splits.values() for q in qs]
+    assert len(ids) == len(set(ids)) == 40
+    assert all(q.id.startswith("add_sub-") for q in splits["ood:add_sub"])
