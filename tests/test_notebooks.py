@@ -213,7 +213,7 @@ def test_evaluate_notebook(tmp_path, tiny_model_dir):
     run_stage("figures", params_path, out_dir=str(figures), paths={"eval_dir": str(out), "figures_dir": str(figures)})
     comparison = json.loads((figures / "paper_comparison.json").read_text())
     assert comparison["paper_headline_relative_gain_pct"] == 4.8
-    assert set(comparison["ours_gain_points"]) >= {"pad | arith_mix (in-domain)", "debate (vs single agent) | arith_mix (in-domain)"}
+    assert set(comparison["ours_gain_points"]) >= {"pad | arith_mix (in-domain)", "debate (final answer) | arith_mix (in-domain)"}
     for name in ("strategies_vs_paper.png", "tables9_13_vs_ours.png"):
         assert (figures / name).read_bytes()[:4] == b"\x89PNG"
 
