@@ -131,17 +131,21 @@ class LabServer:
                                "username": "test", "version": "5.3", "date": ""},
                     "content": {"code": code, "silent": False, "store_history": True, "user_expressions": {},
                                 "allow_stdin": False, "stop_on_error": True}}))
-                out = []
-                while True:
+                out, replied, idle = [], False, False
+                # The reply (shell channel) and the output (iopub) are not ordered between channels:
+                # a cell is done once it has replied and the kernel has gone idle after its output.
+                while not (replied and idle):
                     message = json.loads(await asyncio.wait_for(socket_.read_message(), timeout))
                     if message["parent_header"].get("msg_id") != msg_id:
                         continue
                     kind, content = message["header"]["msg_type"], message["content"]
                     if kind == "stream" and content["name"] == "stdout":
                         out.append(content["text"])
+                    if kind == "status" and content["execution_state"] == "idle":
+                        idle = True
                     if kind == "execute_reply":
                         assert content["status"] == "ok", f"{code}\n-> {content.get('ename')}: {content.get('evalue')}"
-                        break
+                        replied = True
                 printed.append("".join(out))
         finally:
             socket_.close()
