@@ -202,15 +202,23 @@ def _fingerprint(examples: list[Example], base_model: str, params: SFTParams) ->
 
 def train_sft(examples: list[Example], base_model: str, out_dir: str | Path, params: SFTParams,
               device: str = "auto", trust_remote_code: bool = False) -> TrainResult:
-    """Fine-tune `base_model` on `examples`; save the student to `out_dir` (atomically)."""
+    """Fine-tune `base_model` on `examples`; save the student to `out_dir` (atomically).
+
+    No examples (the extraction kept no clean trace for this strategy, e.g. a single agent that never
+    states its answer on a final-answer line): the student is the base model, saved unchanged, and
+    the result says it trained on nothing (0 rows, 0 steps), so the grid keeps its row.
+    """
     import datasets
     from trl import SFTConfig
 
     from agentark_utils.models import load_causal_lm, save_atomically, torch_device
 
-    if not examples:
-        raise ValueError("no training examples: the extraction stage kept no question for this strategy")
     out_dir = Path(out_dir)
+    if not examples:
+        model, tokenizer = load_causal_lm(base_model, dtype="float32", device="cpu", trust_remote_code=trust_remote_code)
+        save_atomically(model, tokenizer, out_dir)
+        return TrainResult(n_rows=0, n_questions=0, n_tokens=0, n_completion_tokens=0, optimizer_steps=0, rows_seen=0,
+                           tokens_seen=0, wall_s=0.0, seed=params.seed, resumed_from=None)
     ckpt_dir = out_dir.with_name(out_dir.name + ".checkpoints")
     resume = prepare_checkpoints(ckpt_dir, _fingerprint(examples, base_model, params))
 

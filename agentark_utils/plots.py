@@ -105,6 +105,10 @@ def loss_curve(log_history: list[dict], title: str, path: str | Path | None = No
     steps = pd.DataFrame([h for h in log_history if "loss" in h])
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    if steps.empty:  # nothing to train on: say so rather than draw nothing
+        ax.text(0.5, 0.5, "no training step (no examples)", ha="center", va="center", transform=ax.transAxes)
+        ax.set(title=title)
+        return _save(fig, path)
     staged = "stage" in steps
     sns.lineplot(data=steps, x="step", y="loss", hue="stage" if staged else None, marker="o", ax=ax,
                  palette="deep" if staged else None)

@@ -259,9 +259,15 @@ def test_length_grouping_leaves_the_loss_close(tiny_model_dir, tmp_path):
     assert final[True] == pytest.approx(final[False], rel=0.25)
 
 
-def test_no_examples_is_a_clear_error(tiny_model_dir, tmp_path):
-    with pytest.raises(ValueError, match="no training examples"):
-        train_sft([], str(tiny_model_dir), tmp_path / "s", SFTParams(learning_rate=1e-3, epochs=1, batch_size=1))
+def test_no_examples_gives_the_base_model_and_says_so(tiny_model_dir, tmp_path):
+    """A strategy the extraction left empty keeps its row in the grid: the untrained base model."""
+    import torch
+    from safetensors.torch import load_file
+
+    result = train_sft([], str(tiny_model_dir), tmp_path / "s", SFTParams(learning_rate=1e-3, epochs=1, batch_size=1))
+    assert result.n_rows == result.optimizer_steps == result.rows_seen == 0 and result.log_history == []
+    saved, base = load_file(tmp_path / "s" / "model.safetensors"), load_file(tiny_model_dir / "model.safetensors")
+    assert saved.keys() == base.keys() and all(torch.equal(saved[k], base[k]) for k in base)
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_no_half_model(tiny_model_dir, tmp_path):
