@@ -38,6 +38,20 @@ def matmul_peak_gflops(dtype: str, size: int = 1024, repeats: int = 20) -> float
     return 2 * size**3 / best / 1e9
 
 
+class TokenCounter:
+    """Wraps the model: counts the input tokens (padding included) of every forward pass."""
+
+    def __init__(self, model):
+        self.model, self.tokens = model, 0
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, *, input_ids, **kwargs):
+        self.tokens += input_ids.numel()
+        return self.model(input_ids=input_ids, **kwargs)
+
+
 def reset_peak_rss() -> None:
     """Start a new high-water mark for this process's resident memory (Linux)."""
     Path("/proc/self/clear_refs").write_text("5")

@@ -20,26 +20,12 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import machine, matmul_peak_gflops, peak_rss_gib, reset_peak_rss, setup, write
+from common import TokenCounter, machine, matmul_peak_gflops, peak_rss_gib, reset_peak_rss, setup, write
 
 from agentark_utils.backends import HFBackend
 from agentark_utils.debate import debate_chunk
 from agentark_utils.metrics import system_calls
 from agentark_utils.models import torch_device
-
-
-class TokenCounter:
-    """Wraps the model: counts the input tokens (padding included) of every forward pass."""
-
-    def __init__(self, model):
-        self.model, self.tokens = model, 0
-
-    def __getattr__(self, name):
-        return getattr(self.model, name)
-
-    def __call__(self, *, input_ids, **kwargs):
-        self.tokens += input_ids.numel()
-        return self.model(input_ids=input_ids, **kwargs)
 
 
 def run(backend: HFBackend, questions, params, share: bool, n_params: int, peak: float) -> tuple[dict, list[str]]:

@@ -13,6 +13,7 @@ import pytest
 from agentark_utils.backends import (Generation, HFBackend, OpenAIBackend, VLLMBackend, _common_prefix, decode_batch,
                                      make_backend, row_seeds, split_thinking)
 from agentark_utils.config import ModelParams
+from conftest import ROOT
 from agentark_utils.models import ModelNotFoundError
 
 CONVERSATIONS = [
@@ -75,23 +76,12 @@ def test_decode_batch_drops_a_row_once_it_stops():
     assert model.widths == [3, 2, 1, 1, 1]  # the third row left after step 1, the first after step 2
 
 
-class TokenCounter:
-    """Wraps a model and counts the input tokens (padding included) it is given."""
-
-    def __init__(self, model):
-        self.model, self.tokens = model, 0
-
-    def __getattr__(self, name):
-        return getattr(self.model, name)
-
-    def __call__(self, *, input_ids, **kwargs):
-        self.tokens += input_ids.numel()
-        return self.model(input_ids=input_ids, **kwargs)
-
-
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_prefix_sharing_changes_no_output_and_computes_each_prompt_once(hf, temperature):
+def test_prefix_sharing_changes_no_output_and_computes_each_prompt_once(hf, temperature, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import torch
+
+    from common import TokenCounter  # benchmarks/common.py: the debate throughput benchmark counts the same way
 
     conversations = [CONVERSATIONS[1]] * 4 + [CONVERSATIONS[0]] * 3  # self-consistency-like calls
     prompts = [hf._prompt_ids(c) for c in conversations]
