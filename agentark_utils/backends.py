@@ -111,6 +111,15 @@ def _common_prefix(prompts: list[list[int]]) -> int:
     return max(n, 0)
 
 
+def cache_kwarg(model) -> str:
+    """The name under which this transformers version's forward takes the KV cache: `cache` from
+    5.2x on (`past_key_values` deprecated), `past_key_values` before. 5.17 (the GPU image's) takes
+    any other keyword silently, so passing the wrong one would decode without a cache."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def prefill(model, prompts: list[list[int]], pad_id: int, cache, share_prefixes: bool = True):
     """Run the prompts through the model into `cache`; return (attention mask, last-token logits).
 
@@ -125,13 +134,14 @@ def prefill(model, prompts: list[list[int]], pad_id: int, cache, share_prefixes:
     import torch
 
     device = model.device
+    kv = {cache_kwarg(model): cache}
     shared = _common_prefix(prompts) if share_prefixes and len(prompts) > 1 else 0
     remainders = [tuple(p[shared:]) for p in prompts]
     unique = list(dict.fromkeys(remainders)) if share_prefixes else remainders
     slot = {r: i for i, r in enumerate(unique)}
     if shared:
         prefix = torch.tensor([prompts[0][:shared]], device=device)
-        model(input_ids=prefix, position_ids=torch.arange(shared, device=device)[None], cache=cache, use_cache=True,
+        model(input_ids=prefix, position_ids=torch.arange(shared, device=device)[None], **kv, use_cache=True,
               logits_to_keep=1)
         cache.batch_select_indices(torch.zeros(len(unique), dtype=torch.long, device=device))
     width = max(len(r) for r in unique)
@@ -139,7 +149,7 @@ def prefill(model, prompts: list[list[int]], pad_id: int, cache, share_prefixes:
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in unique], device=device)
     mask = torch.cat([mask.new_ones(len(unique), shared), mask], dim=1)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -width:]
-    logits = model(input_ids=tokens, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+    logits = model(input_ids=tokens, attention_mask=mask, position_ids=positions, **kv, use_cache=True,
                    logits_to_keep=1).logits[:, -1].float()
     if len(unique) < len(prompts):
         rows = torch.tensor([slot[r] for r in remainders], device=device)
@@ -166,6 +176,7 @@ def decode_batch(model, prompts: list[list[int]], *, pad_id: int, max_new_tokens
 
     device = model.device
     cache = DynamicCache(config=model.config)
+    kv = {cache_kwarg(model): cache}
     stops = torch.tensor(stop_ids, device=device)
     rows = torch.arange(len(prompts), device=device)  # which original row each batch row is
     new: list[list[int]] = [[] for _ in range(len(prompts))]
@@ -190,7 +201,7 @@ def decode_batch(model, prompts: list[list[int]], *, pad_id: int, max_new_tokens
             mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
             # Positions count real tokens only, so padding does not shift them.
             positions = (mask.cumsum(-1) - 1)[:, -1:]
-            logits = model(input_ids=next_tokens[:, None], attention_mask=mask, position_ids=positions, cache=cache,
+            logits = model(input_ids=next_tokens[:, None], attention_mask=mask, position_ids=positions, **kv,
                            use_cache=True, logits_to_keep=1).logits[:, -1].float()
     return new
 

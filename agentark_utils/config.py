@@ -87,6 +87,8 @@ class DataParams(_Section):
     n_test: int = Field(ge=1)
     ood_tasks: list[str] = Field(default_factory=list)  # other task families, tested only: out-of-domain
     n_ood: int = Field(default=64, ge=1)
+    # out-of-domain task -> local file in the dataset's own format (hub sets on a machine without the hub)
+    ood_paths: dict[str, str] = Field(default_factory=dict)
     seed: int = 0
 
     @field_validator("ood_tasks")
@@ -100,6 +102,9 @@ class DataParams(_Section):
     def _ood_is_another_task(self) -> "DataParams":
         if self.task in self.ood_tasks:
             raise ValueError(f"ood_tasks: {self.task!r} is the training task, not out-of-domain")
+        stray = sorted(set(self.ood_paths) - set(self.ood_tasks))
+        if stray:
+            raise ValueError(f"ood_paths: {stray} not in ood_tasks {self.ood_tasks}")
         return self
 
     @field_validator("task")

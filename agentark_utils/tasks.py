@@ -438,11 +438,12 @@ OOD_PREFIX = "ood:"  # split names of the out-of-domain families: "ood:equations
 
 def load_splits(data) -> dict[str, list[Question]]:
     """Every split a run debates, from the `data` section: "train", the in-domain "test" split and
-    one held-out split per out-of-domain family (`data.ood_tasks`, `data.n_ood` questions each)."""
+    one held-out split per out-of-domain family (`data.ood_tasks`, `data.n_ood` questions each, from
+    the hub or `data.ood_paths`)."""
     train, test = load_task(data.task, data.n_train, data.n_test, data.seed, data.path)
     splits = {"train": train, "test": test}
     for task in data.ood_tasks:
-        splits[OOD_PREFIX + task] = load_task(task, 0, data.n_ood, seed=data.seed)[1]
+        splits[OOD_PREFIX + task] = load_task(task, 0, data.n_ood, seed=data.seed, path=data.ood_paths.get(task))[1]
     ids = [q.id for questions in splits.values() for q in questions]
     if len(set(ids)) != len(ids):  # records are keyed by id: two questions under one id would merge
         raise DatasetError(f"question ids repeat across the splits {list(splits)}; give each task its own ids")

@@ -10,10 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from agentark_utils.backends import (Generation, HFBackend, OpenAIBackend, VLLMBackend, _common_prefix, decode_batch,
-                                     make_backend, row_seeds, split_thinking)
+from agentark_utils.backends import (Generation, HFBackend, OpenAIBackend, VLLMBackend, _common_prefix, cache_kwarg,
+                                     decode_batch, make_backend, row_seeds, split_thinking)
 from agentark_utils.config import ModelParams
-from conftest import ROOT
+from conftest import QWEN3_STYLE_TEMPLATE, ROOT
 from agentark_utils.models import ModelNotFoundError
 
 CONVERSATIONS = [
@@ -99,6 +99,29 @@ def test_prefix_sharing_changes_no_output_and_computes_each_prompt_once(hf, temp
     assert shared >= len(hf._prompt_ids([{"role": "user", "content": ""}])) - 6  # the system turn at least
     assert counted[False] == len(prompts) * longest  # every row, padded to the longest
     assert counted[True] == shared + 2 * (longest - shared)  # the shared prefix once, each distinct prompt once
+
+
+class PastKeyValuesModel:
+    """The model as transformers < 5.2x shows it: its forward takes the KV cache as `past_key_values`
+    and, like 5.17, swallows any other keyword (a `cache=` would be dropped and decoding run uncached)."""
+
+    def __init__(self, model):
+        self.model, self.device, self.config = model, model.device, model.config
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None,
+                logits_to_keep=0, **ignored):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          cache=past_key_values, use_cache=use_cache, logits_to_keep=logits_to_keep)
+
+    __call__ = forward
+
+
+def test_decoding_passes_the_cache_under_the_name_the_model_takes(hf):
+    """Greedy text through a `past_key_values`-only forward equals the model's own (it failed on 5.17)."""
+    prompts = [hf._prompt_ids(c) for c in CONVERSATIONS]
+    kwargs = dict(pad_id=hf.tokenizer.pad_token_id, max_new_tokens=8, stop_ids=hf.stop_ids, temperature=0.0)
+    assert cache_kwarg(hf.model) == "cache" and cache_kwarg(PastKeyValuesModel(hf.model)) == "past_key_values"
+    assert decode_batch(PastKeyValuesModel(hf.model), prompts, **kwargs) == decode_batch(hf.model, prompts, **kwargs)
 
 
 def test_hf_records_tokens_and_latency(hf):
@@ -428,14 +451,6 @@ def test_vllm_backend_runs_one_tensor_parallel_engine_with_prefix_caching(monkey
 ])
 def test_split_thinking(raw, thinking, answer):
     assert split_thinking(raw) == (thinking, answer)
-
-
-QWEN3_STYLE_TEMPLATE = (
-    "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endfor %}"
-    "{%- if add_generation_prompt %}<|im_start|>assistant\n"
-    "{%- if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{%- endif %}"
-    "{%- endif %}"
-)
 
 
 @pytest.mark.parametrize("enable_thinking, empty_block", [(None, False), (True, False), (False, True)])
