@@ -82,7 +82,7 @@ clean-venv:
 # pydantic for config.py, trl and datasets for SFT and GRPO. Pinned to this venv's versions, for
 # CPython 3.12 on manylinux x86_64; about 5 MB. An image without datasets' other needs can add them:
 # GPU_WHEELS_EXTRA="pyarrow==24.0.0 xxhash==4.1.0 fsspec==2026.9.0" (pyarrow alone is 49 MB); an image
-# with transformers older than the pinned 5.24 (5.17 drops backends.py's `cache=`): transformers==5.24.0.
+# with another transformers than the pinned 5.24 can add it too: transformers==5.24.0.
 # `gpu-smoke` runs on the GPU machine with python3 as found (no venv, no network): it installs .whl/
 # into /tmp/site, then runs the script; options go in SMOKE_ARGS (python3 benchmarks/gpu_smoke.py -h).
 GPU_WHEELS := pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \

@@ -13,19 +13,29 @@ tokens that must be processed (prompt + generated), wall time, and the effective
 roofline: 2 x parameters x tokens that must be processed, per second, over the matrix-product peak
 measured on this machine in the same run (same dtype). Sampling is seeded per conversation, so both engines must give the same text; the
 share of identical generations is reported. Writes results/benchmarks/debate_throughput.json.
+
+The peer, with `--llama-server BIN` (llama.cpp's `llama-server`, built from the vendored source of
+the llama-cpp-python sdist; README "Performance"): the same workload through the `openai` backend
+against llama-server on loopback, on the GGUF the default model was dequantized from (Q4_1), with
+`--parallel` slots and continuous batching. Its text is compared with the fp32 engine's: same
+weights, but llama.cpp multiplies Q4_1 weights with 8-bit activations, so greedy text may diverge.
 """
 
 from __future__ import annotations
 
 import argparse
+import socket
+import subprocess
 import time
+import urllib.request
+from contextlib import contextmanager
 
 from common import TokenCounter, machine, matmul_peak_gflops, peak_rss_gib, reset_peak_rss, setup, write
 
-from agentark_utils.backends import HFBackend
+from agentark_utils.backends import HFBackend, OpenAIBackend
 from agentark_utils.debate import debate_chunk
 from agentark_utils.metrics import system_calls
-from agentark_utils.models import torch_device
+from agentark_utils.models import find_gguf, torch_device
 
 
 def run(backend: HFBackend, questions, params, share: bool, n_params: int, peak: float) -> tuple[dict, list[str]]:
@@ -49,11 +59,61 @@ def run(backend: HFBackend, questions, params, share: bool, n_params: int, peak:
     return row, [c["text"] for c in calls]
 
 
+@contextmanager
+def llama_server(binary: str, gguf, parallel: int, threads: int, context_per_slot: int = 2048):
+    """llama-server on loopback with `parallel` slots; yields its OpenAI base URL once healthy."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [binary, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "--parallel", str(parallel),
+               "--threads", str(threads), "--ctx-size", str(parallel * context_per_slot), "--jinja"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"llama-server exited: {proc.stderr.read().decode()[-2000:]}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("llama-server was not healthy within 120 s") from None
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def run_llama_cpp(binary: str, questions, params, parallel: int, threads: int, n_params: int, peak: float
+                  ) -> tuple[dict, list[str]]:
+    with llama_server(binary, find_gguf(), parallel, threads) as url:
+        backend = OpenAIBackend("smollm2", base_url=url, concurrency=parallel,
+                                enable_thinking=params.model.enable_thinking)
+        debate_chunk(questions[:2], backend, params.debate, seed=0)  # warm-up
+        began = time.perf_counter()
+        records = debate_chunk(questions, backend, params.debate, seed=params.debate.seed)
+        wall = time.perf_counter() - began
+    calls = [c for r in records for system in ("single", "self_consistency", "debate") for c in system_calls(r, system)]
+    prompt = sum(c["prompt_tokens"] for c in calls)
+    generated = sum(c["completion_tokens"] for c in calls)
+    gflops = 2 * n_params * (prompt + generated) / wall / 1e9
+    row = {"engine": f"llama.cpp llama-server, Q4_1 GGUF, {parallel} slots, {threads} threads", "calls": len(calls),
+           "prompt_tokens": prompt, "generated_tokens": generated, "wall_s": round(wall, 1),
+           "generated_tokens_per_s": round(generated / wall, 1), "effective_gflops": round(gflops, 1),
+           "roofline_fraction_fp32": round(gflops / peak, 3)}
+    return row, [c["text"] for c in calls]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--questions", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=None, help="default: model.batch_size of params.yaml")
     parser.add_argument("--device", default=None, help="default: model.device of params.yaml")
+    parser.add_argument("--llama-server", default=None, metavar="BIN", help="also run llama.cpp's llama-server")
+    parser.add_argument("--llama-parallel", type=int, default=16, help="llama-server slots (requests in flight)")
+    parser.add_argument("--llama-threads", type=int, default=2)
     args = parser.parse_args()
     params, questions = setup(args.questions)
     device = torch_device(args.device or params.model.device)
@@ -86,6 +146,15 @@ def main() -> None:
               f"{row['generated_tokens_per_s']:>10} {row['effective_gflops']:>8} {row['roofline_fraction']:>9}")
     print(f"tokens that must be processed (prompt + generated): {must}; matmul peak {peak:.0f} GFLOP/s ({dtype})")
     print(f"speed-up {result['speedup']}x; identical text {same:.1%} of {len(after_texts)} generations")
+    if args.llama_server:
+        del backend  # its memory back before the server loads
+        row, texts = run_llama_cpp(args.llama_server, questions, params, args.llama_parallel, args.llama_threads,
+                                   n_params, peak)
+        row["same_text_as_hf"] = round(sum(a == b for a, b in zip(texts, after_texts)) / len(texts), 4)
+        row["hf_prefix_sharing_over_llama_cpp_wall"] = round(after["wall_s"] / row["wall_s"], 2)
+        result["llama_cpp"] = row
+        print(f"llama.cpp: {row['wall_s']} s, {row['generated_tokens_per_s']} generated tok/s "
+              f"(hf with prefix sharing: {after['wall_s']} s); identical text {row['same_text_as_hf']:.1%}")
     write("debate_throughput.json", result)
 
 

@@ -182,8 +182,24 @@ def test_splits_of_two_reasoning_gym_tasks_never_share_an_id():
 
     from agentark_utils.tasks import load_splits
 
-    data = SimpleNamespace(task="mul", n_train=20, n_test=10, seed=0, path=None, ood_tasks=["add_sub"], n_ood=10)
+    data = SimpleNamespace(task="mul", n_train=20, n_test=10, seed=0, path=None, ood_tasks=["add_sub"], n_ood=10,
+                           ood_paths={})
     splits = load_splits(data)
     ids = [q.id for qs in splits.values() for q in qs]
     assert len(ids) == len(set(ids)) == 40
     assert all(q.id.startswith("add_sub-") for q in splits["ood:add_sub"])
+
+
+def test_an_out_of_domain_hub_set_reads_its_local_file():
+    """`data.ood_paths`: MedMCQA from a file in its own format, no hub; a path for no OOD task is refused."""
+    from agentark_utils.config import DataParams
+    from agentark_utils.tasks import load_splits
+
+    data = DataParams(task="gsm8k", path=str(FIXTURES / "gsm8k.jsonl"), n_train=2, n_test=2, ood_tasks=["medmcqa"],
+                      n_ood=3, ood_paths={"medmcqa": str(FIXTURES / "medmcqa.jsonl")})
+    ood = load_splits(data)["ood:medmcqa"]
+    fixture = {json.loads(line)["question"] for line in (FIXTURES / "medmcqa.jsonl").read_text().splitlines()}
+    assert len(ood) == 3 and all(q.answer_format == "choice" for q in ood)
+    assert all(q.question.splitlines()[0] in fixture for q in ood)
+    with pytest.raises(ValueError, match=r"ood_paths: \['math500'\] not in ood_tasks"):
+        DataParams(task="gsm8k", n_train=2, n_test=2, ood_tasks=["medmcqa"], ood_paths={"math500": "x.jsonl"})
