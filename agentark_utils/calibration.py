@@ -4,7 +4,8 @@ greedy single agent, for this teacher?
 The sweep is `params.yaml`'s `calibration` section: a list of settings (overrides of the `data` and
 `debate` sections). Each runs as a DVC experiment of the debate stage on held-out questions only
 (`dvc exp run debate -S ...`: no training split, no out-of-domain set, one self-consistency sample,
-since only the debate against the single agent is asked). `read_experiments` turns
+since only the debate against the single agent is asked), drawn with `calibration.seed`, not the
+main run's `data.seed`: the default is not picked on the test questions that then judge it. `read_experiments` turns
 `dvc exp show --json` into one row per experiment for notebooks/11_calibration.ipynb.
 
     python -m agentark_utils.calibration run        # the sweep, as DVC experiments
@@ -42,7 +43,7 @@ def _yaml_value(value) -> str:
 
 def overrides(setting: dict, calibration: CalibrationParams) -> list[str]:
     """The `-S key=value` overrides of one setting, for `dvc exp run`."""
-    values = {**FIXED, "data.n_test": calibration.n_test, **setting}
+    values = {**FIXED, "data.n_test": calibration.n_test, "data.seed": calibration.seed, **setting}
     return [f"{key}={_yaml_value(value)}" for key, value in values.items()]
 
 

@@ -350,6 +350,9 @@ class CalibrationParams(_Section):
     """Section `calibration`: the settings swept to calibrate the default (calibration.py)."""
 
     n_test: int = Field(default=100, ge=1)  # held-out questions per setting
+    # Their question stream: another seed than the main run's, so the default is not chosen on the
+    # test questions it is then judged on.
+    seed: int = 1
     settings: list[dict[str, str | int | float | bool | list]] = Field(default_factory=list)
 
     @field_validator("settings")

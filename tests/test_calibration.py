@@ -10,8 +10,9 @@ from conftest import ROOT
 def test_a_setting_becomes_overrides_on_held_out_questions_only():
     calibration = CalibrationParams(n_test=50, settings=[{"data.task": "add_sub", "debate.peer_view": "final_line"}])
     args = overrides(calibration.settings[0], calibration)
-    assert args[:4] == ["data.n_train=0", "data.ood_tasks=[]", "debate.self_consistency_samples=1", "data.n_test=50"]
-    assert args[4:] == ["data.task=add_sub", "debate.peer_view=final_line"]
+    assert args[:5] == ["data.n_train=0", "data.ood_tasks=[]", "debate.self_consistency_samples=1", "data.n_test=50",
+                        "data.seed=1"]  # not the main run's question stream (data.seed 0)
+    assert args[5:] == ["data.task=add_sub", "debate.peer_view=final_line"]
 
 
 def test_the_shipped_sweep_is_valid_and_a_bad_key_is_named():
