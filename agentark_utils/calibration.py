@@ -5,8 +5,10 @@ The sweep is `params.yaml`'s `calibration` section: a list of settings (override
 `debate` sections). Each runs as a DVC experiment of the debate stage on held-out questions only
 (`dvc exp run debate -S ...`: no training split, no out-of-domain set, one self-consistency sample,
 since only the debate against the single agent is asked), drawn with `calibration.seed`, not the
-main run's `data.seed`: the default is not picked on the test questions that then judge it. `read_experiments` turns
-`dvc exp show --json` into one row per experiment for notebooks/11_calibration.ipynb.
+main run's `data.seed`: the default is not picked on the test questions that then judge it. A
+setting whose experiment already finished (same name, same params) is skipped, so an interrupted
+sweep resumes. `read_experiments` turns `dvc exp show --json` into one row per experiment for
+notebooks/11_calibration.ipynb.
 
     python -m agentark_utils.calibration run        # the sweep, as DVC experiments
     python -m agentark_utils.calibration report     # dvc exp show --json, then the notebook
@@ -16,6 +18,7 @@ main run's `data.seed`: the default is not picked on the test questions that the
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import signal
 import subprocess
@@ -41,10 +44,27 @@ def _yaml_value(value) -> str:
     return str(value)
 
 
+def setting_values(setting: dict, calibration: CalibrationParams) -> dict:
+    """Every dotted param one setting's experiment sets: the fixed ones, then the setting's own."""
+    return {**FIXED, "data.n_test": calibration.n_test, "data.seed": calibration.seed, **setting}
+
+
 def overrides(setting: dict, calibration: CalibrationParams) -> list[str]:
     """The `-S key=value` overrides of one setting, for `dvc exp run`."""
-    values = {**FIXED, "data.n_test": calibration.n_test, "data.seed": calibration.seed, **setting}
-    return [f"{key}={_yaml_value(value)}" for key, value in values.items()]
+    return [f"{key}={_yaml_value(value)}" for key, value in setting_values(setting, calibration).items()]
+
+
+def finished(exp_show: list, prefix: str = "calibration-") -> dict[str, dict]:
+    """Name -> params.yaml of every calibration experiment in `dvc exp show --json` that wrote its metrics."""
+    return {exp["name"]: exp["data"]["params"]["params.yaml"]["data"] for exp in _experiments(exp_show)
+            if str(exp["name"]).startswith(prefix)
+            and (exp["data"].get("metrics") or {}).get(METRICS_FILE, {}).get("data")}
+
+
+def already_ran(values: dict, params: dict | None) -> bool:
+    """Whether an experiment's params hold every dotted value of a setting."""
+    return params is not None and all(
+        params.get(key.partition(".")[0], {}).get(key.partition(".")[2]) == value for key, value in values.items())
 
 
 def experiment_name(index: int) -> str:
@@ -60,11 +80,16 @@ def run_sweep(params_path: str = "params.yaml") -> None:
     saved = Path(tempfile.mkdtemp(prefix="calibration-"))
     if DEBATE_DIR.exists():
         shutil.copytree(DEBATE_DIR, saved / "debate")
+    done = finished(_exp_show())
     try:
         for index, setting in enumerate(calibration.settings):
-            args = [arg for override in overrides(setting, calibration) for arg in ("-S", override)]
+            name = experiment_name(index)
             print(f"calibration {index + 1}/{len(calibration.settings)}: {setting}", flush=True)
-            subprocess.run(["dvc", "exp", "run", "debate", "--force", "-n", experiment_name(index), *args], check=True)
+            if already_ran(setting_values(setting, calibration), done.get(name)):
+                print(f"  finished before as {name}: skipped", flush=True)
+                continue
+            args = [arg for override in overrides(setting, calibration) for arg in ("-S", override)]
+            subprocess.run(["dvc", "exp", "run", "debate", "--force", "-n", name, *args], check=True)
     finally:
         for path, content in backup.items():
             Path(path).write_bytes(content)
@@ -72,6 +97,11 @@ def run_sweep(params_path: str = "params.yaml") -> None:
             shutil.rmtree(DEBATE_DIR, ignore_errors=True)
             shutil.copytree(saved / "debate", DEBATE_DIR)
         shutil.rmtree(saved, ignore_errors=True)
+
+
+def _exp_show() -> list:
+    return json.loads(subprocess.run(["dvc", "exp", "show", "--json"], check=True, capture_output=True,
+                                     text=True).stdout)
 
 
 def _experiments(node) -> list[dict]:
@@ -124,8 +154,7 @@ def report(out_dir: str = "results/calibration") -> Path:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    shown = subprocess.run(["dvc", "exp", "show", "--json"], check=True, capture_output=True, text=True).stdout
-    (out / "experiments.json").write_text(shown)
+    (out / "experiments.json").write_text(json.dumps(_exp_show()))
     return execute_notebook(REPO / "notebooks/11_calibration.ipynb", out / "11_calibration.ipynb",
                             {"exp_json": str(out / "experiments.json"), "out_dir": str(out)})
 

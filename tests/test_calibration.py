@@ -2,7 +2,7 @@
 
 import pytest
 
-from agentark_utils.calibration import overrides, read_experiments
+from agentark_utils.calibration import already_ran, finished, overrides, read_experiments
 from agentark_utils.config import CalibrationParams, ParamsError, load_params, validate
 from conftest import ROOT
 
@@ -51,3 +51,17 @@ def test_read_experiments_reads_dvc_exp_show_json():
     assert table.loc[0, "debate_mcnemar_p"] == 0.04 and table.loc[0, "n"] == 100
     with pytest.raises(ValueError, match="run `make calibrate`"):
         read_experiments(shown[:1])
+
+
+def test_an_interrupted_sweep_skips_only_the_settings_that_finished_with_the_same_params():
+    failed = {"rev": "f00", "name": "calibration-02", "data": {"params": {"params.yaml": {"data": {}}}, "metrics": None}}
+    shown = [{"rev": "abc", "name": "main", "data": {"params": {}, "metrics": None}, "experiments": [
+        {"revs": [_experiment("calibration-00", "arith_mix", 0.3, 0.4)], "name": "calibration-00"},
+        {"revs": [failed], "name": "calibration-02"},
+    ]}]
+    done = finished(shown)
+    assert set(done) == {"calibration-00"}  # the failed one runs again
+    assert already_ran({"data.task": "arith_mix", "debate.temperature": 0.5}, done["calibration-00"])
+    assert not already_ran({"data.task": "arith_mix", "debate.temperature": 0.2}, done["calibration-00"])
+    assert not already_ran({"data.task": "add_sub"}, done["calibration-00"])  # the settings list changed
+    assert not already_ran({"data.task": "arith_mix"}, done.get("calibration-02"))
