@@ -117,7 +117,8 @@ def cache_kwarg(model) -> str:
     any other keyword silently, so passing the wrong one would decode without a cache."""
     import inspect
 
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    forward = getattr(model, "forward", model)  # a plain callable stands in for a model in tests
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def prefill(model, prompts: list[list[int]], pad_id: int, cache, share_prefixes: bool = True):
