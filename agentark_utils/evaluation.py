@@ -8,7 +8,8 @@ import pandas as pd
 from agentark_utils import metrics
 from agentark_utils.backends import Generation, make_backend
 from agentark_utils.config import ModelParams
-from agentark_utils.debate import graded_call, question_prompt
+from agentark_utils.debate import graded_call
+from agentark_utils.prompts import question_prompt
 from agentark_utils.tasks import OOD_PREFIX, Question
 
 

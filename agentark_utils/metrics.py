@@ -17,7 +17,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from agentark_utils.answers import EXTRACTORS, answer_key
+from agentark_utils.answers import EXTRACTORS, answer_key, vote
+from agentark_utils.tasks import Question
 
 # The debate stage's systems: single agent (greedy, and sampled at the debate's temperature),
 # self-consistency (held-out splits only), the debate's final answer and its final-round majority.
@@ -179,9 +180,6 @@ def accuracy_by_round(records: list[dict]) -> pd.DataFrame:
 
     A question that stopped early on consensus keeps its last round's answers in later rounds.
     """
-    from agentark_utils.debate import vote
-    from agentark_utils.tasks import Question
-
     n_rounds = max(len(r["debate"]["rounds"]) for r in records)
     rows = []
     for k in range(n_rounds):
