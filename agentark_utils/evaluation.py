@@ -1,5 +1,7 @@
-"""Evaluate models on test sets: one greedy generation per question, graded, with cost; and the
-headline table that puts the debate stage's systems and the students side by side, paired."""
+"""Evaluation of models on test sets, and the headline table.
+
+One greedy generation per question, graded, with cost; the headline table puts the debate stage's
+systems and the students side by side, paired."""
 
 from __future__ import annotations
 

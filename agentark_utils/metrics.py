@@ -1,4 +1,6 @@
-"""Metrics: accuracy with Wilson 95 % CIs, paired differences with Newcombe's interval and McNemar's
+"""Metrics: accuracies, their intervals and paired comparisons, AUROC, cost.
+
+Accuracy with Wilson 95 % CIs, paired differences with Newcombe's interval and McNemar's
 exact test, AUROC with a question-level bootstrap CI, strict and flexible accuracy, unparsed rate,
 cost per question, and how many answers two models give differently.
 

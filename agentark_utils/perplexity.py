@@ -1,5 +1,7 @@
-"""Reasoning-span perplexity (the paper's Table 1): how likely each student finds a gold reasoning
-trace, teacher-forced, counting the reasoning tokens only (not the prompt, not the final answer).
+"""Reasoning-span perplexity of gold reasoning traces under each student (the paper's Table 1).
+
+How likely each student finds a gold reasoning trace, teacher-forced, counting the reasoning
+tokens only (not the prompt, not the final answer).
 
 Gold reasoning: the dataset's own where it has one (GSM8K's rationale before '####', MATH
 solutions); for reasoning-gym arithmetic, built from the expression, one step per operation, left
