@@ -6,6 +6,7 @@ One module per concept of the paper (arXiv 2602.03955):
 - ``models``    the offline default model and resolution of any other model
 - ``tasks``     the normalized question record, reasoning-gym tasks and the paper's datasets
 - ``answers``   answer extractors (named filters) and graders: correct / wrong / unparsed
+- ``prompts``   the prompt text, echo detection, and the one chat-template rendering
 - ``backends``  generation backends: hf (default), vllm (GPU, lazy), openai (any server)
 - ``debate``    Phase 1: multi-agent debate plus the single-agent and self-consistency baselines
 - ``extraction`` Phase 2: A_correct filter, corrective traces, diverse selection, examples per strategy

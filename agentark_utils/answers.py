@@ -299,3 +299,16 @@ def majority(answers: list[str | None]) -> str | None:
         if key is not None and counts[key] == best:
             return canonical_number(answer) or answer
     return None
+
+
+def vote(q: Question, calls: list[dict]) -> dict:
+    """Majority vote over calls (of canonical answers), graded against the gold answer.
+
+    The strict vote counts only the strictly stated answers. Calls graded before strict grading
+    existed have no strict status, so neither has their vote (None).
+    """
+    answer = majority([c["answer"] for c in calls])
+    strict = None
+    if all("strict_status" in c for c in calls):
+        strict = judge(q, majority([c["answer"] for c in calls if c["strict_status"] != "unparsed"]))
+    return {"answer": answer, "status": judge(q, answer), "strict_status": strict}

@@ -35,6 +35,7 @@ from typing import Protocol
 from tqdm import tqdm
 
 from agentark_utils.config import ModelParams
+from agentark_utils.prompts import render_chat, template_kwargs
 
 Conversation = list[dict[str, str]]
 
@@ -70,12 +71,6 @@ def split_thinking(text: str) -> tuple[str, str]:
 def _generation(raw: str, prompt_tokens: int, completion_tokens: int, latency_s: float, finish_reason: str) -> Generation:
     thinking, answer = split_thinking(raw)
     return Generation(answer, prompt_tokens, completion_tokens, latency_s, finish_reason, thinking)
-
-
-def template_kwargs(enable_thinking: bool | None) -> dict:
-    """Keyword arguments for the chat template: `enable_thinking` only when set (None: the
-    template's own default), for the templates that read it (Qwen3); others ignore it."""
-    return {} if enable_thinking is None else {"enable_thinking": enable_thinking}
 
 
 class Backend(Protocol):
@@ -220,15 +215,14 @@ class HFBackend:
         self.model, self.tokenizer = load_causal_lm(model, dtype, device, trust_remote_code)
         self.batch_size = batch_size
         self.share_prefixes = share_prefixes
-        self.template_kwargs = template_kwargs(enable_thinking)
+        self.enable_thinking = enable_thinking
         # Chat models may end a turn with more than one token (Qwen: <|im_end|> and <|endoftext|>).
         stop = self.model.generation_config.eos_token_id
         stop = set(stop if isinstance(stop, list) else [stop]) | {self.tokenizer.eos_token_id}
         self.stop_ids = sorted(i for i in stop if i is not None)
 
     def _prompt_ids(self, conversation: Conversation) -> list[int]:
-        text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True,
-                                                  **self.template_kwargs)
+        text = render_chat(self.tokenizer, conversation, self.enable_thinking)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def generate(self, conversations, *, temperature, max_new_tokens, seed, desc="generate"):

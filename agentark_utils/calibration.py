@@ -1,4 +1,6 @@
-"""Calibrating the default: at which task difficulty and debate protocol does the debate beat the
+"""The calibration sweep, run as DVC experiments: where the debate beats the greedy single agent.
+
+Calibrating the default: at which task difficulty and debate protocol does the debate beat the
 greedy single agent, for this teacher?
 
 The sweep is `params.yaml`'s `calibration` section: a list of settings (overrides of the `data` and

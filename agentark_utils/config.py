@@ -13,6 +13,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
+# The registries' names, so that a bad name fails validation before any compute. They are listed
+# here, not imported: config is the bottom layer, and the modules that build the registries sit
+# above it (tasks.TASKS, robustness.PERTURBATIONS, open_ended.OPEN_TASKS; open_ended reaches
+# backends, which imports config). A names-only copy is simpler than moving the registries down;
+# tests/test_layers.py asserts each table equals its registry, so a new entry fails the tests
+# until it is listed here too.
+TASK_NAMES = frozenset({"add_sub", "arith_mix", "chain_sum", "equations", "gsm8k", "math500", "medmcqa",
+                        "metamathqa", "mul"})
+PERTURBATION_NAMES = frozenset({"distractor", "peer_hint", "renumber"})
+OPEN_TASK_NAMES = frozenset({"hotpotqa", "qasper", "qmsum", "truthfulqa"})
+OPEN_TASKS_OFF_HUB = frozenset({"qmsum"})  # not on the hub in their own format: they need open_ended.paths
+
+
 class ParamsError(ValueError):
     """A bad parameter: the message names the file, the key and what is wrong."""
 
@@ -94,9 +107,7 @@ class DataParams(_Section):
     @field_validator("ood_tasks")
     @classmethod
     def _known_ood_tasks(cls, value: list[str]) -> list[str]:
-        from agentark_utils.tasks import TASKS
-
-        return _all_known(value, TASKS, "task(s)")
+        return _all_known(value, TASK_NAMES, "task(s)")
 
     @model_validator(mode="after")
     def _ood_is_another_task(self) -> "DataParams":
@@ -110,10 +121,8 @@ class DataParams(_Section):
     @field_validator("task")
     @classmethod
     def _known_task(cls, value: str) -> str:
-        from agentark_utils.tasks import TASKS
-
-        if value not in TASKS:
-            raise ValueError(f"unknown task {value!r}; known tasks: {', '.join(sorted(TASKS))}")
+        if value not in TASK_NAMES:
+            raise ValueError(f"unknown task {value!r}; known tasks: {', '.join(sorted(TASK_NAMES))}")
         return value
 
 
@@ -230,7 +239,7 @@ class EvaluationParams(_Section):
     seed: int = 0
 
 
-def _all_known(names: list[str], registry: dict, what: str) -> list[str]:
+def _all_known(names: list[str], registry: frozenset[str], what: str) -> list[str]:
     unknown = [name for name in names if name not in registry]
     if unknown:
         raise ValueError(f"unknown {what} {unknown}; known: {', '.join(sorted(registry))}")
@@ -246,9 +255,7 @@ class RobustnessParams(_Section):
     @field_validator("perturbations")
     @classmethod
     def _known(cls, value: list[str]) -> list[str]:
-        from agentark_utils.robustness import PERTURBATIONS
-
-        return _all_known(value, PERTURBATIONS, "perturbation(s)")
+        return _all_known(value, PERTURBATION_NAMES, "perturbation(s)")
 
 
 class DebateStage(_Section):
@@ -328,20 +335,16 @@ class OpenEndedParams(_Section):
     @field_validator("tasks")
     @classmethod
     def _known_tasks(cls, value: list[str]) -> list[str]:
-        from agentark_utils.open_ended import OPEN_TASKS
-
-        return _all_known(value, OPEN_TASKS, "open-ended task(s)")
+        return _all_known(value, OPEN_TASK_NAMES, "open-ended task(s)")
 
     @model_validator(mode="after")
     def _files_exist(self) -> "OpenEndedParams":
-        from agentark_utils.open_ended import OPEN_TASKS
-
-        _all_known(list(self.paths), OPEN_TASKS, "open-ended task(s) in paths:")
+        _all_known(list(self.paths), OPEN_TASK_NAMES, "open-ended task(s) in paths:")
         for task, path in self.paths.items():
             if not Path(path).is_file():
                 raise ValueError(f"paths.{task}: no such file {path!r}")
         for task in self.tasks:
-            if OPEN_TASKS[task].hub is None and task not in self.paths:
+            if task in OPEN_TASKS_OFF_HUB and task not in self.paths:
                 raise ValueError(f"{task} is not on the hub in its own format: give paths.{task}")
         return self
 

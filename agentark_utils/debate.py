@@ -24,8 +24,6 @@ do not depend on the chunk or batch a question lands in.
 
 from __future__ import annotations
 
-import re
-from functools import lru_cache
 from pathlib import Path
 
 from tqdm import tqdm
@@ -33,6 +31,8 @@ from tqdm import tqdm
 from agentark_utils import answers
 from agentark_utils.backends import Backend, Generation
 from agentark_utils.config import DebateParams, ModelParams
+from agentark_utils.prompts import (question_prompt, rendered_prompts, revision_prompt, strip_echoes, summarizer_prompt,
+                                    user_turn)
 from agentark_utils.runs import fingerprint as _fingerprint
 from agentark_utils.runs import path_digest, resume_jsonl, source_digest
 from agentark_utils.store import append_jsonl, read_jsonl
@@ -43,106 +43,12 @@ from agentark_utils.tasks import Question
 # share samples.
 SEED_OFFSETS = {"single": 0, "self_consistency": 1, "summarizer": 2, "single_sampled": 3, "round": 4}  # round r: 4 + r
 
-# "a blank line between steps" is steps.STEP_SEPARATOR: the PRM and GRPO cut traces there.
-INSTRUCTIONS = {
-    "number": "Solve it step by step, with a blank line between steps, then write the final answer on the last "
-              "line as 'Final Answer: <number>'.",
-    "math": "Solve it step by step, with a blank line between steps, then write the final answer on the last "
-            "line as 'Final Answer: <answer>'.",
-    "choice": "Think step by step, with a blank line between steps, then write the final answer on the last "
-              "line as 'Final Answer: <letter>'.",
-}
-
-
-def question_body(q: Question) -> str:
-    """The question with its options, if it has any."""
-    if not q.choices:
-        return q.question
-    return q.question + "\n" + "\n".join(f"{'ABCDEFGHIJ'[i]}. {c}" for i, c in enumerate(q.choices))
-
-
-def question_prompt(q: Question) -> str:
-    return f"{question_body(q)}\n{INSTRUCTIONS[q.answer_format]}"
-
-
-def _solutions(texts: list[str], label: str) -> str:
-    return "\n\n".join(f"{label} {j + 1}:\n{text.strip()}" for j, text in enumerate(texts))
-
-
-def revision_prompt(q: Question, peer_texts: list[str]) -> str:
-    """Round k > 1: the peers' previous answers, then the original problem again."""
-    if not peer_texts:  # a lone agent reviews its own answer
-        return f"Check your solution above for mistakes and give an updated solution.\n{question_prompt(q)}"
-    return (
-        f"Here are the solutions of other agents to the same problem:\n\n{_solutions(peer_texts, 'Agent')}\n\n"
-        "Use them as additional advice: look for mistakes in their reasoning and in yours, "
-        f"then give an updated solution.\n{question_prompt(q)}"
-    )
-
-
-def summarizer_prompt(q: Question, final_texts: list[str]) -> str:
-    """The summarizer is asked to choose among the agents' answers, not to solve the problem again;
-    the problem comes last, as small models need."""
-    return (
-        f"Several agents solved a problem. Their final solutions:\n\n{_solutions(final_texts, 'Solution')}\n\n"
-        f"Problem: {question_body(q)}\n"
-        "Which of their answers is correct? Check their steps, choose one of the agents' answers, and write it "
-        "on the last line as 'Final Answer: <answer>'."
-    )
-
-
-# Stand-ins for what a rendered prompt holds besides its own instructions: words no prompt uses.
-PLACEHOLDERS = ("zzproblem", "zzoption", "zzpeer", "zzfinal")
-
-
-def rendered_prompts() -> list[str]:
-    """Every prompt rendered on a probe question (`PLACEHOLDERS` for its content): any change in
-    their wording changes the fingerprint, and `echoes_prompt` spots outputs that repeat them."""
-    problem, option, peer, final = PLACEHOLDERS
-    probe = Question("probe", "probe", problem, "0", "number")
-    choice = Question("probe", "probe", problem, "A", "choice", (option, option))
-    return [question_prompt(probe), question_prompt(choice), revision_prompt(probe, [peer]),
-            revision_prompt(probe, []), summarizer_prompt(probe, [final]), summarizer_prompt(choice, [final])]
-
-
-ECHO_NGRAM = 6  # six consecutive words of an instruction: long enough that no real solution says them
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", text.lower())
-
-
-@lru_cache(maxsize=1)
-def _prompt_ngrams() -> frozenset[tuple[str, ...]]:
-    grams = set()
-    for prompt in rendered_prompts():
-        words = [w for w in _words(prompt) if w not in PLACEHOLDERS]
-        grams.update(tuple(words[i : i + ECHO_NGRAM]) for i in range(len(words) - ECHO_NGRAM + 1))
-    return frozenset(grams)
-
-
-def echoes_prompt(text: str) -> bool:
-    """True if the text repeats a run of the prompts' instructions (a small model often copies the
-    revision prompt into its answer)."""
-    words = _words(text)
-    return any(tuple(words[i : i + ECHO_NGRAM]) in _prompt_ngrams() for i in range(len(words) - ECHO_NGRAM + 1))
-
-
-def strip_echoes(text: str) -> str:
-    """The text without the lines that echo the prompts: what peers and the summarizer read."""
-    return "\n".join(line for line in text.splitlines() if not echoes_prompt(line)).strip()
-
-
 def peer_text(call: dict, view: str) -> str:
     """What the other agents (and the summarizer) see of a call: its whole solution, echoes
     stripped, or only its final answer."""
     if view == "final_line":
         return f"Final Answer: {call['answer']}" if call["answer"] is not None else "(no answer)"
     return strip_echoes(call["text"]) or "(no answer)"
-
-
-def _user(text: str) -> dict:
-    return {"role": "user", "content": text}
 
 
 def graded_call(q: Question, gen: Generation) -> dict:
@@ -156,19 +62,6 @@ def graded_call(q: Question, gen: Generation) -> dict:
             "strict_status": grade.strict_status}
 
 
-def vote(q: Question, calls: list[dict]) -> dict:
-    """Majority vote over calls (of canonical answers), graded against the gold answer.
-
-    The strict vote counts only the strictly stated answers. Calls graded before strict grading
-    existed have no strict status, so neither has their vote (None).
-    """
-    answer = answers.majority([c["answer"] for c in calls])
-    strict = None
-    if all("strict_status" in c for c in calls):
-        strict = answers.judge(q, answers.majority([c["answer"] for c in calls if c["strict_status"] != "unparsed"]))
-    return {"answer": answer, "status": answers.judge(q, answer), "strict_status": strict}
-
-
 def _consensus(calls: list[dict]) -> bool:
     keys = {answers.answer_key(c["answer"]) for c in calls}
     return len(keys) == 1 and None not in keys
@@ -178,7 +71,7 @@ def debate_chunk(questions: list[Question], backend: Backend, cfg: DebateParams,
                  self_consistency: bool = True) -> list[dict]:
     """Run the baselines and the debate on a chunk of questions; one record per question."""
     gen = dict(max_new_tokens=cfg.max_new_tokens)
-    first = [[_user(question_prompt(q))] for q in questions]
+    first = [[user_turn(question_prompt(q))] for q in questions]
 
     # Single agent: one greedy call, the way distilled students are evaluated; and one sample at the
     # debate's temperature, which the debate's agents also draw.
@@ -203,7 +96,7 @@ def debate_chunk(questions: list[Question], backend: Backend, cfg: DebateParams,
             for qi in active:
                 previous = [peer_text(c, cfg.peer_view) for c in rounds[qi][-1]]
                 for i in range(n):
-                    contexts[qi][i].append(_user(revision_prompt(questions[qi], previous[:i] + previous[i + 1:])))
+                    contexts[qi][i].append(user_turn(revision_prompt(questions[qi], previous[:i] + previous[i + 1:])))
         outs = backend.generate([contexts[qi][i] for qi in active for i in range(n)], temperature=cfg.temperature,
                                 seed=seed + SEED_OFFSETS["round"] + r, desc=f"debate round {r + 1}", **gen)
         for pos, qi in enumerate(active):
@@ -224,7 +117,7 @@ def debate_chunk(questions: list[Question], backend: Backend, cfg: DebateParams,
     disputed = [qi for qi in range(len(questions)) if not _consensus(rounds[qi][-1])] if cfg.summarizer else []
     summaries: dict[int, Generation] = {}
     if disputed:
-        prompts = [[_user(summarizer_prompt(questions[qi], [peer_text(c, "full") for c in rounds[qi][-1]]))]
+        prompts = [[user_turn(summarizer_prompt(questions[qi], [peer_text(c, "full") for c in rounds[qi][-1]]))]
                    for qi in disputed]
         outs = backend.generate(prompts, temperature=0.0, seed=seed + SEED_OFFSETS["summarizer"], desc="summarizer",
                                 max_new_tokens=cfg.summarizer_max_new_tokens)
@@ -232,7 +125,7 @@ def debate_chunk(questions: list[Question], backend: Backend, cfg: DebateParams,
 
     records = []
     for qi, q in enumerate(questions):
-        majority_vote = vote(q, rounds[qi][-1])
+        majority_vote = answers.vote(q, rounds[qi][-1])
         summary = graded_call(q, summaries[qi]) if qi in summaries else None
         if summary is None:
             final = {**majority_vote, "source": "consensus" if _consensus(rounds[qi][-1]) else "majority"}
@@ -246,7 +139,7 @@ def debate_chunk(questions: list[Question], backend: Backend, cfg: DebateParams,
             "question": q.to_dict(),
             "single": graded_call(q, single[qi]),
             "single_sampled": graded_call(q, sampled[qi]),
-            "self_consistency": {"samples": samples, **vote(q, samples)} if k else None,
+            "self_consistency": {"samples": samples, **answers.vote(q, samples)} if k else None,
             "debate": {
                 "rounds": rounds[qi],
                 "consensus_round": consensus_round[qi],
@@ -271,7 +164,7 @@ def fingerprint(*sections) -> str:
               else s.model_dump() if hasattr(s, "model_dump") else s for s in sections]
     teachers = [path_digest(s.teacher) for s in sections if isinstance(s, ModelParams)]
     return _fingerprint(dumped, teachers, rendered_prompts(),
-                        source_digest("agentark_utils.answers", "agentark_utils.backends"))
+                        source_digest("agentark_utils.answers", "agentark_utils.backends", "agentark_utils.prompts"))
 
 
 def record_fingerprint(run_fingerprint: str, question: Question) -> str:

@@ -1,5 +1,7 @@
-"""Evaluate models on test sets: one greedy generation per question, graded, with cost; and the
-headline table that puts the debate stage's systems and the students side by side, paired."""
+"""Evaluation of models on test sets, and the headline table.
+
+One greedy generation per question, graded, with cost; the headline table puts the debate stage's
+systems and the students side by side, paired."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ import pandas as pd
 from agentark_utils import metrics
 from agentark_utils.backends import Generation, make_backend
 from agentark_utils.config import ModelParams
-from agentark_utils.debate import graded_call, question_prompt
+from agentark_utils.debate import graded_call
+from agentark_utils.prompts import question_prompt
 from agentark_utils.tasks import OOD_PREFIX, Question
 
 

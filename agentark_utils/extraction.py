@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
-from agentark_utils.debate import echoes_prompt, question_prompt
+from agentark_utils.prompts import echoes_prompt, question_prompt
 from agentark_utils.tasks import Question
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agentark_utils.config import GRPOParams
-from agentark_utils.debate import question_prompt
+from agentark_utils.prompts import question_prompt
 from agentark_utils.runs import fingerprint, path_digest
 from agentark_utils.tasks import Question
 from agentark_utils.training import (prepare_checkpoints, remove_checkpoints,

@@ -1,4 +1,6 @@
-"""Metrics: accuracy with Wilson 95 % CIs, paired differences with Newcombe's interval and McNemar's
+"""Metrics: accuracies, their intervals and paired comparisons, AUROC, cost.
+
+Accuracy with Wilson 95 % CIs, paired differences with Newcombe's interval and McNemar's
 exact test, AUROC with a question-level bootstrap CI, strict and flexible accuracy, unparsed rate,
 cost per question, and how many answers two models give differently.
 
@@ -17,7 +19,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from agentark_utils.answers import EXTRACTORS, answer_key
+from agentark_utils.answers import EXTRACTORS, answer_key, vote
+from agentark_utils.tasks import Question
 
 # The debate stage's systems: single agent (greedy, and sampled at the debate's temperature),
 # self-consistency (held-out splits only), the debate's final answer and its final-round majority.
@@ -179,9 +182,6 @@ def accuracy_by_round(records: list[dict]) -> pd.DataFrame:
 
     A question that stopped early on consensus keeps its last round's answers in later rounds.
     """
-    from agentark_utils.debate import vote
-    from agentark_utils.tasks import Question
-
     n_rounds = max(len(r["debate"]["rounds"]) for r in records)
     rows = []
     for k in range(n_rounds):

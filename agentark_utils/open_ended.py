@@ -20,6 +20,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from agentark_utils.evaluation import greedy_answers
+from agentark_utils.metrics import bootstrap_ci
 from agentark_utils.tasks import DatasetError, read_rows
 
 
@@ -175,8 +177,6 @@ def bertscore_f1(predictions: list[str], references: list[tuple[str, ...]], mode
 def answer_and_score(models: dict[str, str], sets: dict[str, list[OpenItem]], model_params, max_new_tokens: int,
                      seed: int = 0, bertscore_model: str | None = None) -> list[dict]:
     """Every model answers every item (greedy, one generation); one row per answer with its scores."""
-    from agentark_utils.evaluation import greedy_answers
-
     asked = [item for items in sets.values() for item in items]
     answers = greedy_answers(models, [item.prompt for item in asked], model_params, max_new_tokens, seed,
                              desc="open-ended")
@@ -194,8 +194,6 @@ def answer_and_score(models: dict[str, str], sets: dict[str, list[OpenItem]], mo
 
 def summarize_scores(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> list[dict]:
     """Per model, task and metric: the mean score over items and its bootstrap 95 % CI."""
-    from agentark_utils.metrics import bootstrap_ci
-
     out = []
     for (model, task) in dict.fromkeys((r["model"], r["task"]) for r in rows):
         part = [r for r in rows if r["model"] == model and r["task"] == task]

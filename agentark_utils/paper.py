@@ -1,5 +1,6 @@
-"""The paper's published numbers (Tables 8-13 of arXiv 2602.03955), shipped in
-`agentark_utils/data/paper_tables.csv`, and the headline recomputed from them.
+"""The paper's published numbers (Tables 8-13 of arXiv 2602.03955) and the headline recomputed from them.
+
+The tables ship in `agentark_utils/data/paper_tables.csv`.
 
 Columns: source_table, student, teacher, method (RSFT, DA, PAD; SFT for Table 8's answer-only
 baseline), test_set, train_set, accuracy, student_base_accuracy (all in %). Cite the paper when

@@ -1,5 +1,7 @@
-"""Reasoning-span perplexity (the paper's Table 1): how likely each student finds a gold reasoning
-trace, teacher-forced, counting the reasoning tokens only (not the prompt, not the final answer).
+"""Reasoning-span perplexity of gold reasoning traces under each student (the paper's Table 1).
+
+How likely each student finds a gold reasoning trace, teacher-forced, counting the reasoning
+tokens only (not the prompt, not the final answer).
 
 Gold reasoning: the dataset's own where it has one (GSM8K's rationale before '####', MATH
 solutions); for reasoning-gym arithmetic, built from the expression, one step per operation, left
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from agentark_utils.prompts import render_chat, user_turn
 from agentark_utils.robustness import evaluate_arithmetic
 from agentark_utils.steps import STEP_SEPARATOR
 from agentark_utils.tasks import Question
@@ -47,8 +50,7 @@ def gold_reasoning(q: Question) -> str | None:
 def reasoning_nll(model, tokenizer, prompt: str, reasoning: str, answer: str) -> tuple[float, int]:
     """(summed NLL, token count) of the reasoning span, given the chat-formatted prompt before it and
     the final-answer line after it (which is in the input but not counted)."""
-    rendered = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
+    rendered = render_chat(tokenizer, [user_turn(prompt)])
     pieces = [tokenizer(text, add_special_tokens=False)["input_ids"]
               for text in (rendered, reasoning, f"{STEP_SEPARATOR}Final Answer: {answer}")]
     ids = torch.tensor([pieces[0] + pieces[1] + pieces[2]], device=model.device)

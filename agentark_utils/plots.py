@@ -9,7 +9,7 @@ from matplotlib.ticker import MaxNLocator
 import pandas as pd
 import seaborn as sns
 
-from agentark_utils.metrics import SYSTEMS
+from agentark_utils.metrics import SYSTEMS, wilson_ci
 
 LABELS = {"single": "single agent", "single_sampled": "single agent (sampled)", "self_consistency": "self-consistency",
           "debate": "debate (final answer)", "debate_majority": "debate (majority)"}
@@ -316,8 +316,6 @@ def open_ended_scores(summary: pd.DataFrame, paper_truthfulqa: pd.DataFrame, pat
 def calibration_sweep(table: pd.DataFrame, path: str | Path | None = None):
     """Per calibration setting: the greedy single agent, the debate's final answer and its majority
     vote, with 95 % Wilson CIs, on the same held-out questions."""
-    from agentark_utils.metrics import wilson_ci
-
     sns.set_theme(style="whitegrid")
     systems = {"single": "single agent (greedy)", "debate": "debate (final answer)", "debate_majority": "debate (majority)"}
     labels = [f"{r.task}, T={r.temperature}, {r.peer_view}, {r.n_agents}x{r.rounds}" for r in table.itertuples()]

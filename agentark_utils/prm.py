@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from agentark_utils.config import PRMParams
+from agentark_utils.prompts import render_chat, user_turn
 from agentark_utils.runs import fingerprint, path_digest
 from agentark_utils.steps import STEP_SEPARATOR, StepTrace, join_steps
 from agentark_utils.training import (prepare_checkpoints, remove_checkpoints,
@@ -41,12 +42,6 @@ from agentark_utils.training import (prepare_checkpoints, remove_checkpoints,
 
 
 # --- encoding ---------------------------------------------------------------------------------
-
-def render_prompt(tokenizer, prompt: str) -> str:
-    """The question prompt as the chat template shows it to the model, ready for the answer."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
-
 
 def encode_steps(tokenizer, rendered_prompt: str, steps: list[str], max_length: int) -> tuple[list[int], list[int]]:
     """Token ids of prompt + steps, and the position of each step's last token (its separator).
@@ -129,8 +124,8 @@ def question_items(traces: list[StepTrace], prompts: dict[str, str], tokenizer, 
     """Group labelled traces by question and encode them for the collator."""
     by_question: dict[str, list[dict]] = {}
     for trace in traces:
-        ids, positions = encode_steps(tokenizer, render_prompt(tokenizer, prompts[trace.question_id]), trace.steps,
-                                      max_length)
+        rendered = render_chat(tokenizer, [user_turn(prompts[trace.question_id])])
+        ids, positions = encode_steps(tokenizer, rendered, trace.steps, max_length)
         if positions:
             by_question.setdefault(trace.question_id, []).append(
                 {"input_ids": ids, "positions": positions, "labels": trace.labels[: len(positions)]})
@@ -358,8 +353,8 @@ class StepScorer:
         for start in range(0, len(prompts), self.batch_size):
             chunk = []
             for prompt, trace_steps in zip(prompts[start:start + self.batch_size], steps[start:start + self.batch_size]):
-                ids, positions = encode_steps(self.tokenizer, render_prompt(self.tokenizer, prompt), trace_steps,
-                                              self.max_length)
+                rendered = render_chat(self.tokenizer, [user_turn(prompt)])
+                ids, positions = encode_steps(self.tokenizer, rendered, trace_steps, self.max_length)
                 chunk.append({"input_ids": ids or [self.tokenizer.pad_token_id], "positions": positions,
                               "labels": [0] * len(positions)})
             batch = {k: v.to(self.device) for k, v in self.collate([{"traces": chunk}]).items()}

@@ -19,6 +19,7 @@ import random
 import re
 from typing import Callable
 
+from agentark_utils.metrics import paired_comparison
 from agentark_utils.tasks import Question
 
 DISTRACTORS = (
@@ -112,8 +113,6 @@ def accuracy_drops(perturbed: list[dict], clean: list[dict]) -> list[dict]:
     Both lists hold prediction rows with `model`, `id` and `status`; perturbed rows also `test_set`
     (the perturbation's name) and ids of the form `<original id>~<perturbation>`.
     """
-    from agentark_utils.metrics import paired_comparison
-
     clean_correct = {(r["model"], r["id"]): r["status"] == "correct" for r in clean}
     groups: dict[tuple[str, str], list[tuple[bool, bool]]] = {}
     for row in perturbed:

@@ -1,6 +1,6 @@
 """Reasoning steps: how a trace is cut into steps, and which steps of a debate count as correct.
 
-One separator serves everything: the prompts ask for a blank line between steps (`debate.INSTRUCTIONS`),
+One separator serves everything: the prompts ask for a blank line between steps (`prompts.INSTRUCTIONS`),
 the PRM is trained on debate traces cut at it, and GRPO rollouts are cut at it before the PRM
 scores them.
 

@@ -336,7 +336,8 @@ def run_prm(part: Part, model_dir: str, device: str, s: dict, work: Path, bf16: 
     from agentark_utils.config import PRMParams
     from transformers import AutoTokenizer
 
-    from agentark_utils.prm import render_prompt, train_prm
+    from agentark_utils.prm import train_prm
+    from agentark_utils.prompts import render_chat, user_turn
     from agentark_utils.steps import STEP_SEPARATOR
 
     traces, prompts = prm_data(s["prm_questions"])
@@ -349,7 +350,7 @@ def run_prm(part: Part, model_dir: str, device: str, s: dict, work: Path, bf16: 
     values = losses(result.log_history)
     # Tokens per question (its traces: prompt + steps), for the rate over the steps taken.
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    n_tokens = sum(len(tokenizer(render_prompt(tokenizer, prompts[t.question_id])
+    n_tokens = sum(len(tokenizer(render_chat(tokenizer, [user_turn(prompts[t.question_id])])
                                  + "".join(step + STEP_SEPARATOR for step in t.steps),
                                  add_special_tokens=False)["input_ids"]) for t in traces)
     tokens_per_question = n_tokens / s["prm_questions"]

@@ -1,8 +1,9 @@
 import pytest
 
 from agentark_utils import answers, metrics
+from agentark_utils.answers import vote
 from agentark_utils.backends import Generation
-from agentark_utils.debate import graded_call, vote
+from agentark_utils.debate import graded_call
 from agentark_utils.tasks import Question, load_task
 
 NUMBER = Question("q", "t", "?", "0", "number")
@@ -247,7 +248,7 @@ def test_majority(given, expected):
     assert answers.majority(given) == expected
 
 
-# --- the grade in records: debate.graded_call, debate.vote, metrics.summarize_calls --------------
+# --- the grade in records: debate.graded_call, answers.vote, metrics.summarize_calls --------------
 
 def _call(q: Question, text: str) -> dict:
     return graded_call(q, Generation(text, 10, 5, 0.5))

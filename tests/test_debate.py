@@ -234,11 +234,11 @@ def test_samples_do_not_depend_on_the_chunk_size(tmp_path):
 
 
 def test_a_changed_prompt_wording_changes_the_fingerprint(monkeypatch):
-    from agentark_utils import debate
+    from agentark_utils import prompts
 
     params = cfg()
     before = fingerprint(params)
-    monkeypatch.setitem(debate.INSTRUCTIONS, "number", "Answer quickly.")
+    monkeypatch.setitem(prompts.INSTRUCTIONS, "number", "Answer quickly.")
     assert fingerprint(params) != before  # old records are not reused under a new prompt
 
 
@@ -272,7 +272,7 @@ def test_debate_metrics_pair_the_debate_with_the_greedy_single_agent():
 
 def test_the_summarizer_sees_a_choice_questions_options():
     q = Question("m1", "t", "Which organ makes insulin?", "B", "choice", ("liver", "pancreas", "kidney"))
-    from agentark_utils.debate import summarizer_prompt
+    from agentark_utils.prompts import summarizer_prompt
 
     prompt = summarizer_prompt(q, ["Final Answer: B", "Final Answer: A"])
     assert "B. pancreas" in prompt and "A. liver" in prompt
@@ -284,6 +284,6 @@ def test_the_summarizer_sees_a_choice_questions_options():
     ("2 + 3 = 5, so the final answer is 5", False),
 ])
 def test_echoes_of_instructions_that_contain_placeholder_like_words(text, echoes):
-    from agentark_utils.debate import echoes_prompt
+    from agentark_utils.prompts import echoes_prompt
 
     assert echoes_prompt(text) == echoes

@@ -13,7 +13,7 @@ QUESTIONS = [Question(f"q{i}", "t", f"What is {i} + 1?", str(i + 1), "number") f
 
 
 def test_prompt_rows_carry_the_evaluation_prompt_and_the_question():
-    from agentark_utils.debate import question_prompt
+    from agentark_utils.prompts import question_prompt
 
     (row, *_) = prompt_rows(QUESTIONS)
     assert row["prompt"] == [{"role": "user", "content": question_prompt(QUESTIONS[0])}]

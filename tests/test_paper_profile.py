@@ -79,7 +79,7 @@ def qwen3_style_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
 
     from agentark_utils.backends import HFBackend
     from agentark_utils.config import DataParams
-    from agentark_utils.debate import question_prompt
+    from agentark_utils.prompts import question_prompt
     from agentark_utils.tasks import load_splits
 
     path = tmp_path_factory.mktemp("qwen3-style")

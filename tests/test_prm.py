@@ -19,7 +19,6 @@ from agentark_utils.prm import (
     load_prm,
     prm_loss,
     question_items,
-    render_prompt,
     set_stage,
     stage_losses,
     step_scores,
@@ -27,6 +26,7 @@ from agentark_utils.prm import (
     train_prm,
     untrained_scorer,
 )
+from agentark_utils.prompts import render_chat, user_turn
 from agentark_utils.steps import STEP_SEPARATOR, StepTrace
 
 
@@ -66,7 +66,7 @@ def test_ce_term_adds_binary_cross_entropy():
 
 def test_encode_steps_marks_each_separator(tiny_model_dir):
     _, tok = load_prm(str(tiny_model_dir))
-    prompt = render_prompt(tok, "What is 2 + 3?")
+    prompt = render_chat(tok, [user_turn("What is 2 + 3?")])
     ids, positions = encode_steps(tok, prompt, ["2 + 3 = 5", "Final Answer: 5"], max_length=512)
     assert len(positions) == 2 and positions[-1] == len(ids) - 1
     assert tok.decode(ids[: positions[0] + 1]) == prompt + "2 + 3 = 5" + STEP_SEPARATOR

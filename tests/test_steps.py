@@ -2,7 +2,7 @@
 
 import pytest
 
-from agentark_utils.debate import question_prompt
+from agentark_utils.prompts import question_prompt
 from agentark_utils.steps import STEP_SEPARATOR, join_steps, label_steps, split_steps, step_traces
 from agentark_utils.tasks import Question
 
