@@ -109,11 +109,17 @@ def _common_prefix(prompts: list[list[int]]) -> int:
 def cache_kwarg(model) -> str:
     """The name under which this transformers version's forward takes the KV cache: `cache` from
     5.2x on (`past_key_values` deprecated), `past_key_values` before. 5.17 (the GPU image's) takes
-    any other keyword silently, so passing the wrong one would decode without a cache."""
+    any other keyword silently, so passing the wrong one would decode without a cache: a forward
+    that names neither is refused."""
     import inspect
 
     forward = getattr(model, "forward", model)  # a plain callable stands in for a model in tests
-    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+    names = inspect.signature(forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in names:
+            return name
+    raise TypeError(f"{type(model).__name__}.forward takes no `cache` or `past_key_values` argument: "
+                    "cannot decode with a KV cache")
 
 
 def prefill(model, prompts: list[list[int]], pad_id: int, cache, share_prefixes: bool = True):

@@ -29,11 +29,15 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from agentark_utils.config import CalibrationParams, load_params
 
 # What every calibration run fixes, whatever the setting: held-out questions only.
-FIXED = {"data.n_train": 0, "data.ood_tasks": [], "debate.self_consistency_samples": 1}
+FIXED = {"data.n_train": 0, "data.ood_tasks": [], "data.ood_paths": {}, "debate.self_consistency_samples": 1}
+# The params sections an experiment of the debate stage reads: a finished experiment is reused only
+# if all of them are what this sweep would run now.
+SECTIONS = ("model", "data", "debate")
 DEBATE_DIR = Path("results/debate")
 METRICS_FILE = f"{DEBATE_DIR}/metrics.json"
 
@@ -63,10 +67,19 @@ def finished(exp_show: list, prefix: str = "calibration-") -> dict[str, dict]:
             and (exp["data"].get("metrics") or {}).get(METRICS_FILE, {}).get("data")}
 
 
-def already_ran(values: dict, params: dict | None) -> bool:
-    """Whether an experiment's params hold every dotted value of a setting."""
-    return params is not None and all(
-        params.get(key.partition(".")[0], {}).get(key.partition(".")[2]) == value for key, value in values.items())
+def experiment_params(params: dict, values: dict) -> dict:
+    """The `SECTIONS` of params.yaml (a dict as read) as one setting's experiment runs them."""
+    sections = {section: dict(params[section]) for section in SECTIONS}
+    for key, value in values.items():
+        section, _, name = key.partition(".")
+        sections[section][name] = value
+    return sections
+
+
+def already_ran(expected: dict, params: dict | None) -> bool:
+    """Whether a finished experiment ran with exactly these sections (`experiment_params`). Code is
+    not compared: experiments belong to the commit they ran on, so commit before a sweep."""
+    return params is not None and all(params.get(section) == value for section, value in expected.items())
 
 
 def experiment_name(index: int) -> str:
@@ -82,12 +95,12 @@ def run_sweep(params_path: str = "params.yaml") -> None:
     saved = Path(tempfile.mkdtemp(prefix="calibration-"))
     if DEBATE_DIR.exists():
         shutil.copytree(DEBATE_DIR, saved / "debate")
-    done = finished(_exp_show())
+    raw, done = yaml.safe_load(Path(params_path).read_text()), finished(_exp_show())
     try:
         for index, setting in enumerate(calibration.settings):
             name = experiment_name(index)
             print(f"calibration {index + 1}/{len(calibration.settings)}: {setting}", flush=True)
-            if already_ran(setting_values(setting, calibration), done.get(name)):
+            if already_ran(experiment_params(raw, setting_values(setting, calibration)), done.get(name)):
                 print(f"  finished before as {name}: skipped", flush=True)
                 continue
             args = [arg for override in overrides(setting, calibration) for arg in ("-S", override)]

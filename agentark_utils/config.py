@@ -116,6 +116,9 @@ class DataParams(_Section):
         stray = sorted(set(self.ood_paths) - set(self.ood_tasks))
         if stray:
             raise ValueError(f"ood_paths: {stray} not in ood_tasks {self.ood_tasks}")
+        for task, path in self.ood_paths.items():
+            if not Path(path).is_file():
+                raise ValueError(f"ood_paths.{task}: no such file {path!r}")
         return self
 
     @field_validator("task")

@@ -1,9 +1,10 @@
 """Prompt text and chat rendering: what every model is asked, and how a conversation becomes its input.
 
 The question prompt (students are trained and evaluated on it), the debate's revision and
-summarizer prompts, the detection of outputs that echo them, and `render_chat`, the one place a
-conversation goes through a tokenizer's chat template (hf backend, PRM, perplexity; vllm and
-OpenAI-compatible servers render it themselves from `template_kwargs`).
+summarizer prompts, the detection of outputs that echo them, and `render_chat`, which renders a
+conversation with a tokenizer's chat template for this package's own model calls (hf backend, PRM,
+perplexity). vLLM and OpenAI-compatible servers render it themselves from `template_kwargs`, and
+TRL's trainers render the training rows themselves.
 """
 
 from __future__ import annotations

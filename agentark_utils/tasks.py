@@ -411,6 +411,8 @@ def load_task(task: str, n_train: int, n_test: int, seed: int = 0, path: str | N
     """
     spec = TASKS[task]
     rng = random.Random(seed)
+    if spec.components and path is not None:
+        raise DatasetError(f"task {task} is generated (reasoning-gym): it reads no file ({path})")
     if spec.components:
         train, test = _split_reasoning_gym(spec, n_train, n_test, seed)
     elif path is not None or spec.train_split == spec.test_split:

@@ -60,7 +60,7 @@ class CountingLM:
         self.config = LlamaConfig(num_hidden_layers=1, hidden_size=8, num_attention_heads=2, vocab_size=64)
         self.widths: list[int] = []
 
-    def __call__(self, *, input_ids, **_):
+    def __call__(self, *, input_ids, cache=None, **_):
         import torch
 
         self.widths.append(len(input_ids))
@@ -120,8 +120,10 @@ def test_decoding_passes_the_cache_under_the_name_the_model_takes(hf):
     """Greedy text through a `past_key_values`-only forward equals the model's own (it failed on 5.17)."""
     prompts = [hf._prompt_ids(c) for c in CONVERSATIONS]
     kwargs = dict(pad_id=hf.tokenizer.pad_token_id, max_new_tokens=8, stop_ids=hf.stop_ids, temperature=0.0)
-    assert cache_kwarg(hf.model) == "cache" and cache_kwarg(PastKeyValuesModel(hf.model)) == "past_key_values"
+    assert cache_kwarg(PastKeyValuesModel(hf.model)) == "past_key_values"
     assert decode_batch(PastKeyValuesModel(hf.model), prompts, **kwargs) == decode_batch(hf.model, prompts, **kwargs)
+    with pytest.raises(TypeError, match="takes no `cache` or `past_key_values`"):
+        cache_kwarg(lambda input_ids, **kwargs: None)  # it would swallow either name: decoding uncached
 
 
 def test_hf_records_tokens_and_latency(hf):

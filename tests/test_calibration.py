@@ -2,7 +2,7 @@
 
 import pytest
 
-from agentark_utils.calibration import already_ran, finished, overrides, read_experiments
+from agentark_utils.calibration import overrides, read_experiments
 from agentark_utils.config import CalibrationParams, ParamsError, load_params, validate
 from conftest import ROOT
 
@@ -10,9 +10,9 @@ from conftest import ROOT
 def test_a_setting_becomes_overrides_on_held_out_questions_only():
     calibration = CalibrationParams(n_test=50, settings=[{"data.task": "add_sub", "debate.peer_view": "final_line"}])
     args = overrides(calibration.settings[0], calibration)
-    assert args[:5] == ["data.n_train=0", "data.ood_tasks=[]", "debate.self_consistency_samples=1", "data.n_test=50",
-                        "data.seed=1"]  # not the main run's question stream (data.seed 0)
-    assert args[5:] == ["data.task=add_sub", "debate.peer_view=final_line"]
+    assert args[:6] == ["data.n_train=0", "data.ood_tasks=[]", "data.ood_paths={}", "debate.self_consistency_samples=1",
+                        "data.n_test=50", "data.seed=1"]  # not the main run's question stream (data.seed 0)
+    assert args[6:] == ["data.task=add_sub", "debate.peer_view=final_line"]
 
 
 def test_the_shipped_sweep_is_valid_and_a_bad_key_is_named():
@@ -53,15 +53,39 @@ def test_read_experiments_reads_dvc_exp_show_json():
         read_experiments(shown[:1])
 
 
-def test_an_interrupted_sweep_skips_only_the_settings_that_finished_with_the_same_params():
-    failed = {"rev": "f00", "name": "calibration-02", "data": {"params": {"params.yaml": {"data": {}}}, "metrics": None}}
-    shown = [{"rev": "abc", "name": "main", "data": {"params": {}, "metrics": None}, "experiments": [
-        {"revs": [_experiment("calibration-00", "arith_mix", 0.3, 0.4)], "name": "calibration-00"},
-        {"revs": [failed], "name": "calibration-02"},
+def test_an_interrupted_sweep_skips_only_the_settings_that_finished_with_the_same_params(monkeypatch, tmp_path):
+    """run_sweep on a stand-in DVC: a finished experiment with the very sections it would run is
+    skipped; a changed setting, a changed section elsewhere, or a failed experiment runs again."""
+    import yaml
+
+    from agentark_utils import calibration
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["calibration"]["settings"] = settings = [{"data.task": "arith_mix"}, {"data.task": "add_sub"},
+                                                    {"data.task": "mul"}]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    cal = load_params(path).calibration
+
+    def shown(index, setting, **changed):
+        ran = calibration.experiment_params(params, calibration.setting_values(setting, cal))
+        for key, value in changed.items():
+            ran["debate"][key] = value
+        data = {"params": {"params.yaml": {"data": ran}},
+                "metrics": {calibration.METRICS_FILE: {"data": {"by_split": {}}}}}
+        return {"revs": [{"rev": f"r{index}", "name": calibration.experiment_name(index), "data": data}],
+                "name": calibration.experiment_name(index)}
+
+    exp_show = [{"rev": "abc", "name": "main", "data": {"params": {}, "metrics": None}, "experiments": [
+        shown(0, settings[0]),                    # finished as it would run now: skipped
+        shown(1, {"data.task": "chain_sum"}),     # the settings list changed since: runs again
+        shown(2, settings[2], max_new_tokens=8),  # another debate section: runs again
     ]}]
-    done = finished(shown)
-    assert set(done) == {"calibration-00"}  # the failed one runs again
-    assert already_ran({"data.task": "arith_mix", "debate.temperature": 0.5}, done["calibration-00"])
-    assert not already_ran({"data.task": "arith_mix", "debate.temperature": 0.2}, done["calibration-00"])
-    assert not already_ran({"data.task": "add_sub"}, done["calibration-00"])  # the settings list changed
-    assert not already_ran({"data.task": "arith_mix"}, done.get("calibration-02"))
+    ran = []
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(calibration, "_exp_show", lambda: exp_show)
+    monkeypatch.setattr(calibration.subprocess, "run", lambda args, check: ran.append(args[args.index("-n") + 1]))
+    calibration.run_sweep(str(path))
+    assert ran == ["calibration-01", "calibration-02"]
+    assert path.read_text() == yaml.safe_dump(params)  # restored
+    assert not calibration.already_ran({"data": {}}, None)  # a failed experiment is not in `finished`

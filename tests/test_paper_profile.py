@@ -4,7 +4,7 @@ Nobody here has the GPUs, vLLM or the model hub the profile is written for. What
 checked is everything else: that every key of the profile validates, reaches the stage that reads
 it and runs there. So the profile is run as written, with only the keys that name hardware, hub
 data or sizes replaced (`DRY_RUN`, each one checked to exist in the profile, so a renamed key
-fails here): the tiny test model behind a Qwen3-style chat template, the `hf` backend in fp32,
+fails here, plus `model.teacher` and `model.student`, which name the test model): the tiny test model behind a Qwen3-style chat template, the `hf` backend in fp32,
 GSM8K and MedMCQA from fixture files in their own formats, and a few questions and tokens.
 The protocol stays the paper's: 5 agents, 3 rounds, k = 3, thinking on.
 """
@@ -114,8 +114,8 @@ def qwen3_style_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
     return path
 
 
-def test_dry_run_params_keep_the_papers_protocol(qwen3_style_model_dir):
-    params = dry_run_params(qwen3_style_model_dir)
+def test_dry_run_params_keep_the_papers_protocol():
+    params = dry_run_params(Path("model"))
     assert (params["debate"]["n_agents"], params["debate"]["rounds"], params["extraction"]["k"]) == (5, 3, 3)
     assert params["data"]["task"] == "gsm8k" and params["data"]["ood_tasks"] == ["medmcqa"]
     assert params["model"]["enable_thinking"] is True
