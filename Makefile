@@ -16,7 +16,7 @@ UV := uv==0.13.9
 # DVC stage commands call `python`: make it the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup lab lock repro test calibrate bench bench-pipeline clean-venv gpu-wheels gpu-smoke
+.PHONY: setup lab lock repro test calibrate bench bench-pipeline llama-server clean-venv gpu-wheels gpu-smoke
 
 setup: $(STAMP)
 
@@ -65,9 +65,23 @@ calibrate: setup
 # Speed and cost figures (README "Performance"): prints them, writes results/benchmarks/*.json.
 bench: setup
 	dvc repro provision_model
-	python benchmarks/debate_throughput.py
+	python benchmarks/debate_throughput.py $(if $(wildcard $(LLAMA_SERVER)),--llama-server $(LLAMA_SERVER))
 	python benchmarks/cost.py
 	python benchmarks/training_step.py
+
+# llama.cpp's llama-server, the CPU peer of the debate benchmark (`make bench` uses it once built):
+# built from the llama.cpp source vendored in the llama-cpp-python sdist (the version pinned here),
+# server target only; about 15 min on 2 cores.
+LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
+LLAMA_SERVER     := .llama/build/bin/llama-server
+llama-server: $(LLAMA_SERVER)
+$(LLAMA_SERVER):
+	rm -rf .llama/src && mkdir -p .llama/src
+	python3 -m pip download -q --no-deps --no-binary :all: $(LLAMA_CPP_PYTHON) -d .llama
+	tar xzf .llama/llama_cpp_python-*.tar.gz -C .llama/src --strip-components 1
+	cmake -S .llama/src/vendor/llama.cpp -B .llama/build -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
+		-DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON
+	cmake --build .llama/build --target llama-server -j $$(nproc)
 
 # Wall time of every stage of the default pipeline and of a no-op re-run: run it on a fresh clone.
 bench-pipeline: setup
