@@ -148,6 +148,6 @@ def test_paper_profile_runs_through_dvc_repro_on_cpu(qwen3_style_model_dir, tmp_
     accuracy = json.loads((project / "results/eval/metrics.json").read_text())["accuracy"]
     assert set(accuracy) == {"base", *STUDENTS, "single agent", "single agent (sampled)", "self-consistency",
                              "debate (final answer)", "debate (majority)"}
-    assert all(set(by_set) == {"test", "ood:medmcqa"} for by_set in accuracy.values())
+    assert all(set(by_set) == {"gsm8k (in-domain)", "medmcqa (out-of-domain)"} for by_set in accuracy.values())
     open_ended = json.loads((project / "results/open_ended/metrics.json").read_text())
     assert {key.split(" | ")[1] for key in open_ended} == {"truthfulqa", "hotpotqa", "qasper"}
