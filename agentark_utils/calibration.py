@@ -133,6 +133,16 @@ def _experiments(node) -> list[dict]:
     return found
 
 
+def with_full_metrics(exp_show: list, read, prefix: str = "calibration-") -> list:
+    """`dvc exp show --json` keeps only a metric's numbers (a CI's list and a None are dropped): put
+    each finished calibration experiment's whole metrics file back, as `read(rev)` gives it."""
+    for exp in _experiments(exp_show):
+        metrics = (exp["data"].get("metrics") or {}).get(METRICS_FILE)
+        if str(exp["name"]).startswith(prefix) and metrics and metrics.get("data"):
+            metrics["data"] = read(exp["rev"])
+    return exp_show
+
+
 def read_experiments(exp_show: list, prefix: str = "calibration-") -> pd.DataFrame:
     """One row per calibration experiment: its setting and the debate stage's held-out comparison
     of the debate (final answer and majority) with the greedy single agent."""
@@ -164,12 +174,16 @@ def read_experiments(exp_show: list, prefix: str = "calibration-") -> pd.DataFra
 
 
 def report(out_dir: str = "results/calibration") -> Path:
-    """Snapshot `dvc exp show --json` and run notebooks/11_calibration.ipynb on it."""
+    """Snapshot `dvc exp show --json` (with each experiment's whole metrics file) and run
+    notebooks/11_calibration.ipynb on it."""
     from agentark_utils.stages import REPO, execute_notebook
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "experiments.json").write_text(json.dumps(_exp_show()))
+    import dvc.api
+
+    shown = with_full_metrics(_exp_show(), lambda rev: json.loads(dvc.api.read(METRICS_FILE, repo=".", rev=rev)))
+    (out / "experiments.json").write_text(json.dumps(shown))
     return execute_notebook(REPO / "notebooks/11_calibration.ipynb", out / "11_calibration.ipynb",
                             {"exp_json": str(out / "experiments.json"), "out_dir": str(out)})
 

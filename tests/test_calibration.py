@@ -2,7 +2,7 @@
 
 import pytest
 
-from agentark_utils.calibration import overrides, read_experiments
+from agentark_utils.calibration import overrides, read_experiments, with_full_metrics
 from agentark_utils.config import CalibrationParams, ParamsError, load_params, validate
 from conftest import ROOT
 
@@ -89,3 +89,20 @@ def test_an_interrupted_sweep_skips_only_the_settings_that_finished_with_the_sam
     assert ran == ["calibration-01", "calibration-02"]
     assert path.read_text() == yaml.safe_dump(params)  # restored
     assert not calibration.already_ran({"data": {}}, None)  # a failed experiment is not in `finished`
+
+
+def test_the_metrics_dvc_exp_show_drops_are_read_back_at_each_experiments_revision():
+    """`dvc exp show --json` drops lists and nulls (the CIs, an undefined MDE): the table needs them."""
+    import copy
+
+    full = _experiment("calibration-00", "arith_mix", 0.3, 0.4)
+    stripped = copy.deepcopy(full)
+    for paired in ("debate_vs_single", "debate_majority_vs_single"):
+        del stripped["data"]["metrics"]["results/debate/metrics.json"]["data"]["by_split"]["test"][paired]["ci95"]
+    shown = [{"rev": "abc", "name": "main", "data": {"params": {}, "metrics": None},
+              "experiments": [{"revs": [stripped], "name": "calibration-00"}]}]
+    with pytest.raises(KeyError, match="ci95"):
+        read_experiments(copy.deepcopy(shown))
+    wanted = full["data"]["metrics"]["results/debate/metrics.json"]["data"]
+    table = read_experiments(with_full_metrics(shown, lambda rev: wanted if rev == "calibration-00" * 2 else None))
+    assert table.loc[0, "debate_vs_single_low"] == -0.1
