@@ -14,6 +14,7 @@ notebooks/11_calibration.ipynb.
 
     python -m agentark_utils.calibration run        # the sweep, as DVC experiments
     python -m agentark_utils.calibration report     # dvc exp show --json, then the notebook
+                                                    # (--rev COMMIT: a sweep run before later commits)
 (`make calibrate` does both.)
 """
 
@@ -114,9 +115,10 @@ def run_sweep(params_path: str = "params.yaml") -> None:
         shutil.rmtree(saved, ignore_errors=True)
 
 
-def _exp_show() -> list:
-    return json.loads(subprocess.run(["dvc", "exp", "show", "--json"], check=True, capture_output=True,
-                                     text=True).stdout)
+def _exp_show(rev: str | None = None) -> list:
+    """`dvc exp show --json`: the experiments of HEAD, or of the commit `rev` they ran on."""
+    command = ["dvc", "exp", "show", "--json", *(["--rev", rev] if rev else [])]
+    return json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
 
 
 def _experiments(node) -> list[dict]:
@@ -173,16 +175,16 @@ def read_experiments(exp_show: list, prefix: str = "calibration-") -> pd.DataFra
     return pd.DataFrame(rows).sort_values("experiment").reset_index(drop=True)
 
 
-def report(out_dir: str = "results/calibration") -> Path:
+def report(out_dir: str = "results/calibration", rev: str | None = None) -> Path:
     """Snapshot `dvc exp show --json` (with each experiment's whole metrics file) and run
-    notebooks/11_calibration.ipynb on it."""
+    notebooks/11_calibration.ipynb on it. `rev`: the commit the sweep ran on, if not HEAD."""
     from agentark_utils.stages import REPO, execute_notebook
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     import dvc.api
 
-    shown = with_full_metrics(_exp_show(), lambda rev: json.loads(dvc.api.read(METRICS_FILE, repo=".", rev=rev)))
+    shown = with_full_metrics(_exp_show(rev), lambda exp: json.loads(dvc.api.read(METRICS_FILE, repo=".", rev=exp)))
     (out / "experiments.json").write_text(json.dumps(shown))
     return execute_notebook(REPO / "notebooks/11_calibration.ipynb", out / "11_calibration.ipynb",
                             {"exp_json": str(out / "experiments.json"), "out_dir": str(out)})
@@ -193,9 +195,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("command", choices=("run", "report"))
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out-dir", default="results/calibration")
+    parser.add_argument("--rev", default=None, help="report: the commit the sweep ran on (default: HEAD)")
     args = parser.parse_args(argv)
     if args.command == "report":
-        print(f"executed {report(args.out_dir)}")
+        print(f"executed {report(args.out_dir, args.rev)}")
         return
     # A kill (SIGTERM) unwinds like Ctrl-C, so run_sweep restores params.yaml and dvc.lock.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
