@@ -71,16 +71,20 @@ bench: setup
 
 # llama.cpp's llama-server, the CPU peer of the debate benchmark (`make bench` uses it once built):
 # built from the llama.cpp source vendored in the llama-cpp-python sdist (the version pinned here),
-# server target only; about 15 min on 2 cores.
-LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
-LLAMA_SERVER     := .llama/build/bin/llama-server
+# server target only; about 15 min on 2 cores. Not -DGGML_NATIVE=ON: on this project's VM that build
+# died with "Illegal instruction" (its CPU reports AMX); AVX2 runs on most x86-64 machines, and
+# AVX-512 ones can add LLAMA_CMAKE_FLAGS="-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON".
+LLAMA_CPP_PYTHON  := llama-cpp-python==0.3.36
+LLAMA_SERVER      := .llama/build/bin/llama-server
+LLAMA_CMAKE_FLAGS ?=
 llama-server: $(LLAMA_SERVER)
 $(LLAMA_SERVER):
 	rm -rf .llama/src && mkdir -p .llama/src
 	python3 -m pip download -q --no-deps --no-binary :all: $(LLAMA_CPP_PYTHON) -d .llama
 	tar xzf .llama/llama_cpp_python-*.tar.gz -C .llama/src --strip-components 1
 	cmake -S .llama/src/vendor/llama.cpp -B .llama/build -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
-		-DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON
+		-DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
+		-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON $(LLAMA_CMAKE_FLAGS)
 	cmake --build .llama/build --target llama-server -j $$(nproc)
 
 # Wall time of every stage of the default pipeline and of a no-op re-run: run it on a fresh clone.
