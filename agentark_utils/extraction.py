@@ -170,6 +170,14 @@ class JudgeSelector:
         return picked
 
 
+def make_selector(params, teacher=None) -> Selector:
+    """The selector `params.selector` names (an `ExtractionParams`). The judge generates with
+    `teacher()`, a backend made only when it is chosen, and falls back to the n-gram selector of the
+    same `ngram_n` and `seed`."""
+    ngram = NgramSelector(params.ngram_n, params.seed)
+    return ngram if params.selector == "ngram" else JudgeSelector(teacher(), fallback=ngram)
+
+
 # --- examples per strategy --------------------------------------------------------------------
 
 def eligible(records: list[dict], min_correct: int = 2) -> list[dict]:

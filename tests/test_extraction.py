@@ -126,6 +126,19 @@ def test_judge_selector_validates_its_reply(reply, expected, fallbacks):
     assert "Correct answer: 5" in judge.prompt(q, traces, 2)
 
 
+def test_the_judges_fallback_is_the_configured_ngram_selector():
+    """Old: the judge fell back to NgramSelector() whatever extraction.ngram_n and seed said."""
+    from agentark_utils.config import ExtractionParams
+
+    made = []
+    params = ExtractionParams(selector="judge", ngram_n=3, seed=7)
+    judge = extraction.make_selector(params, teacher=lambda: made.append(1) or ReplyBackend("no choice"))
+    assert made == [1] and judge.fallback == extraction.NgramSelector(3, 7)
+    ngram = extraction.make_selector(params.model_copy(update={"selector": "ngram"}),
+                                     teacher=lambda: pytest.fail("no backend for the n-gram selector"))
+    assert ngram == extraction.NgramSelector(3, 7)
+
+
 def test_baselines_answer_only_and_single_agent_cot():
     r1 = record([R("correct", "correct")], "a", single="correct")
     r2 = record([R("correct", "correct")], "b", single="wrong", samples=("wrong", "correct"))
