@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from agentark_utils.config import CalibrationParams, load_params
+from agentark_utils.config import CalibrationParams, ParamsError, load_params
 
 # What every calibration run fixes, whatever the setting: held-out questions only.
 FIXED = {"data.n_train": 0, "data.ood_tasks": [], "data.ood_paths": {}, "debate.self_consistency_samples": 1}
@@ -202,7 +202,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     # A kill (SIGTERM) unwinds like Ctrl-C, so run_sweep restores params.yaml and dvc.lock.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    run_sweep(args.params)
+    try:
+        run_sweep(args.params)
+    except ParamsError as error:  # it names the file, the key and what is wrong: no traceback needed
+        raise SystemExit(str(error)) from None
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agentark_utils.config import load_params
+from agentark_utils.config import ParamsError, load_params
 from agentark_utils.store import write_json
 
 KERNEL = os.environ.get("AGENTARK_KERNEL", "agentark")
@@ -130,7 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kernel", default=KERNEL)
     parser.add_argument("--strategy", default=None, help="for the sft stage: rsft, da, answer_only or cot")
     args = parser.parse_args(argv)
-    print(f"executed {run_stage(args.stage, args.params, args.out_dir, args.kernel, args.strategy)}")
+    try:
+        print(f"executed {run_stage(args.stage, args.params, args.out_dir, args.kernel, args.strategy)}")
+    except ParamsError as error:  # it names the file, the key and what is wrong: no traceback needed
+        raise SystemExit(str(error)) from None
 
 
 if __name__ == "__main__":

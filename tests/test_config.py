@@ -187,3 +187,18 @@ def test_paper_profile_is_valid():
     params = load_params(ROOT / "profiles" / "paper.yaml")
     assert (params.debate.n_agents, params.debate.rounds) == (5, 3) and params.model.backend == "vllm"
     assert params.grpo.batch_size % params.grpo.group_size == 0
+
+
+@pytest.mark.parametrize("module", ["stages", "calibration"])
+def test_a_bad_params_file_ends_a_command_with_its_message_not_a_traceback(module, tmp_path):
+    """`python -m agentark_utils.stages debate` on a bad params.yaml: one message naming the key (it
+    raised ParamsError with a traceback before)."""
+    import importlib
+
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump({**yaml.safe_load((ROOT / "params.yaml").read_text()),
+                                   "model": {"teacher": "x", "student": "x", "batch_size": -1}}))
+    args = ["debate", "--params", str(bad)] if module == "stages" else ["run", "--params", str(bad)]
+    with pytest.raises(SystemExit) as exited:
+        importlib.import_module(f"agentark_utils.{module}").main(args)
+    assert isinstance(exited.value.code, str) and "model.batch_size" in exited.value.code
