@@ -46,14 +46,14 @@ def main() -> None:
                     "python": platform.python_version()},
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
         "stages_s": stages, "total_s": round(sum(stages.values()), 1), "noop_s": noop,
-        "targets": {"total_s": 1800, "noop_s": 15},
+        "targets": {"total_s": 2700, "noop_s": 15},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     width = max(map(len, stages))
     for name, seconds in stages.items():
         print(f"{name:<{width}}  {seconds:8.1f} s")
-    print(f"{'total':<{width}}  {result['total_s']:8.1f} s   (target <= 1800 s)")
+    print(f"{'total':<{width}}  {result['total_s']:8.1f} s   (target <= 2700 s, 45 min)")
     print(f"{'no-op re-run':<{width}}  {noop:8.1f} s   (target <= 15 s)")
 
 
