@@ -6,17 +6,33 @@ keeps its k traces and 1/k weights), chosen by a seeded shuffle; a smaller fract
 are always a subset of a larger one's, so a curve shows the effect of adding data, not of
 swapping it.
 
-Each finished point is stored with a fingerprint of everything that made it (`point_fingerprint`):
-a re-run reuses a point only if that is unchanged (`runs.resume_jsonl`).
+The agents axis (the paper's Fig. 4) debates the training questions again with fewer agents,
+extracts with the same settings and trains the same strategies on the result.
+
+`run_sweep` trains and evaluates every point of both axes. Each finished point is appended to
+`points.jsonl` at once, with a fingerprint of everything that made it (`point_fingerprint`), and its
+model deleted; a re-run reuses a point only if that fingerprint is unchanged (`runs.resume_jsonl`),
+and the sweep's debates resume like the main one. An interrupted sweep loses at most one training.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import shutil
+from pathlib import Path
 
-from agentark_utils.extraction import Example
-from agentark_utils.runs import fingerprint, path_digest
+import pandas as pd
+
+from agentark_utils import debate, launch
+from agentark_utils.backends import make_backend
+from agentark_utils.config import ScalingStage
+from agentark_utils.distill import train_sft
+from agentark_utils.evaluation import evaluate_grid
+from agentark_utils.extraction import Example, build_examples, make_selector
+from agentark_utils.runs import fingerprint, path_digest, resume_jsonl, source_digest
+from agentark_utils.store import append_jsonl, read_jsonl
+from agentark_utils.tasks import Question
 
 
 def question_order(examples: list[Example], seed: int) -> list[str]:
@@ -45,3 +61,85 @@ def point_fingerprint(axis: str, strategy: str, x: int, inputs, student: str, se
     content, and the settings of training and evaluation (pydantic sections or plain values)."""
     dumped = [s.model_dump() if hasattr(s, "model_dump") else s for s in settings]
     return fingerprint(axis, strategy, x, inputs, path_digest(student), dumped)
+
+
+def run_sweep(cfg: ScalingStage, train: list[Question], test: list[Question], examples: dict[str, list[Example]],
+              test_name: str, out_dir: str | Path, work_dir: str | Path) -> list[dict]:
+    """Every point of both axes, answering `test` (named `test_name`): the points already in
+    `out_dir/points.jsonl` with a matching fingerprint are kept, the others trained and evaluated.
+    Returns all points; the agents axis's debates go to `out_dir/debates/`."""
+    out_dir, work_dir = Path(out_dir), Path(work_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    points_file = out_dir / "points.jsonl"
+    # What every point is evaluated and trained with; the batch size changes no answer.
+    settings = [cfg.model.model_dump(exclude={"batch_size"}), cfg.sft, cfg.evaluation, [q.to_dict() for q in test],
+                source_digest("agentark_utils.answers")]  # the grader behind each point's accuracy
+    subsets = {(strategy, fraction): data_subset(examples[strategy], fraction, cfg.scaling.seed)
+               for strategy in cfg.scaling.strategies for fraction in cfg.scaling.fractions}
+    plan = {}
+    for (strategy, _), subset in subsets.items():
+        x = len({row.question_id for row in subset})
+        plan[("data", strategy, x)] = point_fingerprint("data", strategy, x, [e.to_dict() for e in subset],
+                                                        cfg.model.student, settings)
+    sweeps = {n: cfg.debate.model_copy(update={"n_agents": n, "self_consistency_samples": 1}) for n in cfg.scaling.agents}
+    sweep_ids = {n: debate.fingerprint(cfg.model, sweep) for n, sweep in sweeps.items()}
+    for n_agents in cfg.scaling.agents:
+        for strategy in cfg.scaling.strategies:
+            plan[("agents", strategy, n_agents)] = point_fingerprint(
+                "agents", strategy, n_agents,
+                [sweep_ids[n_agents], cfg.extraction.model_dump(), [q.to_dict() for q in train]],
+                cfg.model.student, settings)
+    done = {point_key(p) for p in resume_jsonl(points_file, lambda p: plan.get(point_key(p)))}
+
+    def train_and_evaluate(axis: str, x: int, strategy: str, rows: list[Example]) -> None:
+        model_dir = work_dir / f"{axis}-{x}-{strategy}"
+        launch.train(train_sft, cfg.model.launcher, examples=rows, base_model=cfg.model.student, out_dir=model_dir,
+                     params=cfg.sft, device=cfg.model.device, trust_remote_code=cfg.model.trust_remote_code)
+        e = cfg.evaluation
+        (result,) = evaluate_grid({strategy: str(model_dir)}, {test_name: test}, cfg.model, e.max_new_tokens, e.seed)[1]
+        append_jsonl(points_file, [{"axis": axis, "strategy": strategy, "x": x, "fingerprint": plan[(axis, strategy, x)],
+                                    "n_questions": len({row.question_id for row in rows}), "n_rows": len(rows),
+                                    "accuracy": result["accuracy"], "ci_low": result["ci95"][0],
+                                    "ci_high": result["ci95"][1]}])
+        shutil.rmtree(model_dir)
+
+    for (strategy, _), subset in subsets.items():
+        x = len({row.question_id for row in subset})
+        if ("data", strategy, x) not in done:
+            train_and_evaluate("data", x, strategy, subset)
+            done.add(("data", strategy, x))  # two fractions can round to the same questions
+
+    backend = None
+    for n_agents in cfg.scaling.agents:
+        missing = [s for s in cfg.scaling.strategies if ("agents", s, n_agents) not in done]
+        if not missing:
+            continue
+        backend = backend or make_backend(cfg.model, role="teacher")
+        debated = debate.run_debate({"train": train}, backend, sweeps[n_agents],
+                                    out_dir / "debates" / f"{n_agents}-agents.jsonl", sweep_ids[n_agents])
+        selector = make_selector(cfg.extraction, teacher=lambda: backend)
+        sweep_examples = build_examples(debated, cfg.extraction.min_correct, cfg.extraction.k, selector)
+        for strategy in missing:
+            if sweep_examples[strategy]:
+                train_and_evaluate("agents", n_agents, strategy, sweep_examples[strategy])
+            else:
+                print(f"{n_agents} agents: no question kept for {strategy}; no point")
+    return read_jsonl(points_file) if points_file.exists() else []
+
+
+def curve_points(points: list[dict], main_run: pd.DataFrame, examples: dict[str, list[Example]],
+                 cfg: ScalingStage, test_name: str) -> pd.DataFrame:
+    """The sweep's points plus each curve's end from the main run (all questions, `debate.n_agents`
+    agents; `main_run` is the evaluate stage's accuracy table), sorted by axis, strategy and x."""
+    main = main_run[main_run["test_set"] == test_name].set_index("model")
+    ends = []
+    for strategy in cfg.scaling.strategies:
+        accuracy = main.loc[strategy, ["accuracy", "ci_low", "ci_high"]].to_dict()
+        n = len({e.question_id for e in examples[strategy]})
+        end = {"strategy": strategy, "n_questions": n, "n_rows": len(examples[strategy]), **accuracy}
+        ends += [{"axis": "data", "x": n, **end}]
+        if cfg.scaling.agents:
+            ends += [{"axis": "agents", "x": cfg.debate.n_agents, **end}]
+    sweep = pd.DataFrame(points).drop(columns="fingerprint", errors="ignore")
+    columns = ["axis", "strategy", "x", "n_questions", "n_rows", "accuracy", "ci_low", "ci_high"]
+    return pd.concat([pd.DataFrame(ends), sweep])[columns].sort_values(["axis", "strategy", "x"])

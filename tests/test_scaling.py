@@ -52,3 +52,74 @@ def test_a_point_is_not_reused_after_a_training_setting_changes(tmp_path):
     assert point_fingerprint("data", "da", 4, inputs[:-1], str(model), [sft]) != before  # other rows
     (model / "weights").write_bytes(b"v2")
     assert point_fingerprint("data", "da", 4, inputs, str(model), [sft]) != before  # other base weights
+
+
+def sweep_config(**scaling):
+    import yaml
+    from pathlib import Path
+
+    from agentark_utils import config
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    sections = {k: params[k] for k in ("model", "data", "debate", "extraction", "sft", "evaluation")}
+    return config.validate({**sections, "scaling": {"strategies": ["da"], "fractions": [0.5], "agents": [], "seed": 0,
+                                                    **scaling}}, config.ScalingStage)
+
+
+@pytest.fixture
+def stand_ins(monkeypatch):
+    """Training writes an empty model directory and evaluation answers 0.5; both record their calls."""
+    from agentark_utils import scaling
+
+    trained = []
+
+    def train(function, launcher, examples, out_dir, **kwargs):
+        trained.append(sorted({e.question_id for e in examples}))
+        out_dir.mkdir(parents=True)
+
+    def evaluate(models, test_sets, *args):
+        return [], [{"accuracy": 0.5, "ci95": [0.3, 0.7]} for _ in models]
+
+    monkeypatch.setattr(scaling.launch, "train", train)
+    monkeypatch.setattr(scaling, "evaluate_grid", evaluate)
+    return trained
+
+
+def test_the_sweep_trains_each_point_once_and_resumes(tmp_path, stand_ins):
+    from agentark_utils.scaling import run_sweep
+    from agentark_utils.tasks import Question
+
+    test = [Question(id="t1", task="arith_mix", question="1+1", answer="2", answer_format="number")]
+    # 2 questions: shares 0.3 and 0.5 both round to 1 question, the same point (trained once)
+    cfg = sweep_config(fractions=[0.3, 0.5])
+    points = run_sweep(cfg, [], test, {"da": rows(2)}, "arith_mix", tmp_path / "out", tmp_path / "work")
+    assert [(p["axis"], p["strategy"], p["x"], p["n_questions"], p["n_rows"]) for p in points] == [("data", "da", 1, 1, 3)]
+    assert len(stand_ins) == 1
+    assert not (tmp_path / "work" / "data-1-da").exists()  # the point's model is deleted once evaluated
+
+    assert run_sweep(cfg, [], test, {"da": rows(2)}, "arith_mix", tmp_path / "out", tmp_path / "work") == points
+    assert len(stand_ins) == 1  # resumed: nothing retrained
+    more = sweep_config(fractions=[0.5, 0.9])
+    assert [p["x"] for p in run_sweep(more, [], test, {"da": rows(2)}, "arith_mix", tmp_path / "out", tmp_path / "work")] == [1, 2]
+    assert len(stand_ins) == 2  # only the new point
+
+
+def test_the_curves_end_at_the_main_run(tmp_path, stand_ins):
+    import pandas as pd
+
+    from agentark_utils.scaling import curve_points, run_sweep
+    from agentark_utils.tasks import Question
+
+    test = [Question(id="t1", task="arith_mix", question="1+1", answer="2", answer_format="number")]
+    cfg = sweep_config(fractions=[0.5], agents=[2])
+    examples = {"da": rows(4)}
+    points = run_sweep(cfg.model_copy(update={"scaling": cfg.scaling.model_copy(update={"agents": []})}), [], test,
+                       examples, "arith_mix", tmp_path / "out", tmp_path / "work")
+    main_run = pd.DataFrame([{"model": m, "test_set": t, "accuracy": a, "ci_low": 0.0, "ci_high": 1.0}
+                             for m, a in (("base", 0.25), ("da", 0.75)) for t in ("arith_mix", "equations")])
+    curves = curve_points(points, main_run, examples, cfg, "arith_mix")
+    assert list(curves.columns) == ["axis", "strategy", "x", "n_questions", "n_rows", "accuracy", "ci_low", "ci_high"]
+    assert [(r.axis, r.x, r.accuracy) for r in curves.itertuples()] == [
+        ("agents", cfg.debate.n_agents, 0.75),  # the main run's 3 agents and all 4 questions
+        ("data", 2, 0.5),                       # the sweep's half
+        ("data", 4, 0.75)]                      # the main run
