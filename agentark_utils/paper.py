@@ -39,12 +39,13 @@ def headline(table: pd.DataFrame | None = None) -> float:
     return mean_relative_gain(paper_tables() if table is None else table, "PAD", "Qwen3-32B")
 
 
-def gains_by_method(table: pd.DataFrame, teacher: str = "Qwen3-32B") -> pd.DataFrame:
-    """Mean relative gain per method and test set for one teacher (Tables 9-13), plus Table 8's answer-only SFT."""
+def gains_by_method(table: pd.DataFrame, teacher: str = "Qwen3-32B", value: str = "relative_gain_pct") -> pd.DataFrame:
+    """Mean gain per method and test set for one teacher (Tables 9-13), plus Table 8's answer-only
+    SFT (one teacher): `value` is `relative_gain_pct` (the abstract's measure) or `gain_points`."""
     main = table[table["source_table"].isin(MAIN_TABLES) & (table["teacher"] == teacher)]
     answer_only = table[table["source_table"] == "Table 8"]
     rows = pd.concat([main, answer_only.assign(method="answer-only SFT")])
-    return rows.groupby(["method", "test_set"], as_index=False)["relative_gain_pct"].mean()
+    return rows.groupby(["method", "test_set"], as_index=False)[value].mean()
 
 
 # Table 1 (teacher Qwen3-32B, student Qwen3-0.6B, held-out GSM8K, 100 samples): reasoning-span

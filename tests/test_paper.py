@@ -45,3 +45,15 @@ def test_table2_transcription_agrees_with_the_papers_reading_of_it():
     for metric in metrics:
         assert max(t2, key=lambda method: t2[method][metric]) == "pad"
         assert all(t2[method][metric] >= t2["single"][metric] for method in t2)
+
+
+@pytest.mark.parametrize("value", ["relative_gain_pct", "gain_points"])
+def test_gains_by_method_averages_each_methods_cells(value):
+    table = paper_tables()
+    by_method = gains_by_method(table, "Qwen3-8B", value).set_index(["method", "test_set"])[value]
+    pad = table[(table["source_table"] != "Table 8") & (table["teacher"] == "Qwen3-8B") & (table["method"] == "PAD")]
+    for test_set, cells in pad.groupby("test_set"):
+        assert by_method[("PAD", test_set)] == pytest.approx(cells[value].mean())
+    answer_only = table[table["source_table"] == "Table 8"]  # one teacher in Table 8, whichever is asked for
+    assert by_method[("answer-only SFT", "gsm8k")] == pytest.approx(
+        answer_only.loc[answer_only["test_set"] == "gsm8k", value].mean())
