@@ -2,6 +2,7 @@
 
 import ast
 import json
+import re
 
 import pytest
 import yaml
@@ -53,8 +54,44 @@ def test_stage_depends_on_every_module_its_notebook_uses(name):
     assert stage.notebook in spec["deps"]
 
 
+def _params(name: str) -> list[str]:
+    spec = PIPELINE[name]["do"] if "foreach" in PIPELINE[name] else PIPELINE[name]
+    return list(spec.get("params", []))
+
+
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_stage_params_are_the_sections_its_notebook_receives(name):
-    spec = PIPELINE[name]["do"] if "foreach" in PIPELINE[name] else PIPELINE[name]
-    assert list(spec.get("params", [])) == list(STAGES[name].sections)
+    sections = list(dict.fromkeys(entry.split(".")[0] for entry in _params(name)))
+    assert sections == list(STAGES[name].sections)
 
+
+def model_keys_read(notebook: str) -> set[str] | None:
+    """The `cfg.model.<key>` a notebook reads; None where it hands `cfg.model` whole to a function."""
+    code = "\n".join("".join(c["source"]) for c in json.loads((ROOT / notebook).read_text())["cells"]
+                     if c["cell_type"] == "code" and "parameters" not in c["metadata"].get("tags", []))
+    if re.search(r"cfg\.model\b(?!\.)", code):
+        return None
+    return set(re.findall(r"cfg\.model\.(\w+)", code))
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(STAGES) if any(p.startswith("model.") for p in _params(n))])
+def test_a_stage_tracking_model_keys_reads_no_other(name):
+    """Key-level params (sft, pad): a model key the notebook reads but DVC does not track would leave a
+    stale student after that key changes."""
+    read = model_keys_read(STAGES[name].notebook)
+    assert read is not None, f"{name}: the notebook passes cfg.model whole; track the whole model section"
+    tracked = {p.removeprefix("model.") for p in _params(name) if p.startswith("model.")}
+    assert read <= tracked, f"{name}: reads model keys DVC does not track: {sorted(read - tracked)}"
+
+
+def test_the_key_level_check_sees_keys_and_whole_sections():
+    assert model_keys_read("notebooks/03_sft.ipynb") == {"student", "device", "trust_remote_code", "launcher"}
+    assert model_keys_read("notebooks/05_evaluate.ipynb") is None  # hands cfg.model to the evaluation
+
+
+
+@pytest.mark.parametrize("name", ["sft", "pad"])
+def test_a_generation_setting_retrains_no_student(name):
+    """`model.batch_size` (and the teacher, dtype, backend) change no training: DVC must not track them there."""
+    assert "model" not in _params(name)
+    assert not {"model.batch_size", "model.teacher", "model.dtype", "model.backend"} & set(_params(name))
