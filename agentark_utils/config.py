@@ -58,7 +58,15 @@ class ModelParams(_Section):
     @field_validator("launcher")
     @classmethod
     def _a_command(cls, value: str | None) -> str | None:
-        if value is not None and not value.split():
+        import shlex
+
+        if value is None:
+            return value
+        try:
+            words = shlex.split(value)
+        except ValueError as error:  # an unclosed quote
+            raise ValueError(f"not a shell command line: {error}") from None
+        if not words:
             raise ValueError("an empty launcher command; null runs training in this process")
         return value
 

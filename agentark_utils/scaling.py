@@ -124,7 +124,8 @@ def run_sweep(cfg: ScalingStage, train: list[Question], test: list[Question], ex
                 train_and_evaluate("agents", n_agents, strategy, sweep_examples[strategy])
             else:
                 print(f"{n_agents} agents: no question kept for {strategy}; no point")
-    return read_jsonl(points_file) if points_file.exists() else []
+    points = read_jsonl(points_file) if points_file.exists() else []
+    return list({point_key(p): p for p in points}.values())  # one per point (older runs could record one twice)
 
 
 def curve_points(points: list[dict], main_run: pd.DataFrame, examples: dict[str, list[Example]],

@@ -55,6 +55,7 @@ DELETE = object()
          "model.openai_base_url: a URL given twice: ['http://a:8000/v1']"),
         ("model.openai_base_url", ["http://a:8000/v1", " "], "model.openai_base_url: an empty URL"),
         ("model.launcher", "  ", "model.launcher: an empty launcher command"),
+        ("model.launcher", 'torchrun "--nproc 2', "model.launcher: not a shell command line: No closing quotation"),
         ("extraction.k", 4, "extraction.k: Input should be 1, 2 or 3"),
         ("extraction.selector", "gpt", "extraction.selector"),
         ("sft.learning_rate", 0, "sft.learning_rate: Input should be greater than 0"),

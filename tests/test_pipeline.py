@@ -66,10 +66,13 @@ def test_stage_params_are_the_sections_its_notebook_receives(name):
 
 
 def model_keys_read(notebook: str) -> set[str] | None:
-    """The `cfg.model.<key>` a notebook reads; None where it hands `cfg.model` whole to a function."""
+    """The `cfg.model.<key>` a notebook reads; None where it may read others: it hands `cfg` or
+    `cfg.model` whole to a function, or reads the raw `model` parameter outside `config.validate`."""
     code = "\n".join("".join(c["source"]) for c in json.loads((ROOT / notebook).read_text())["cells"]
                      if c["cell_type"] == "code" and "parameters" not in c["metadata"].get("tags", []))
-    if re.search(r"cfg\.model\b(?!\.)", code):
+    validated = re.sub(r"config\.validate\(\{[^}]*\}", "", code)  # where the raw sections go in
+    whole = r"\bcfg\b(?!\.|\s*=[^=])|\bcfg\.model\b(?!\.)|(?<![.\w])model\s*[\[.]"  # cfg passed, cfg.model passed, model[...]
+    if re.search(whole, validated):
         return None
     return set(re.findall(r"cfg\.model\.(\w+)", code))
 
@@ -87,6 +90,7 @@ def test_a_stage_tracking_model_keys_reads_no_other(name):
 def test_the_key_level_check_sees_keys_and_whole_sections():
     assert model_keys_read("notebooks/03_sft.ipynb") == {"student", "device", "trust_remote_code", "launcher"}
     assert model_keys_read("notebooks/05_evaluate.ipynb") is None  # hands cfg.model to the evaluation
+    assert model_keys_read("notebooks/09_scaling.ipynb") is None  # hands cfg to the sweep
 
 
 

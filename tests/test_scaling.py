@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from agentark_utils.extraction import Example
@@ -99,6 +101,10 @@ def test_the_sweep_trains_each_point_once_and_resumes(tmp_path, stand_ins):
 
     assert run_sweep(cfg, [], test, {"da": rows(2)}, "arith_mix", tmp_path / "out", tmp_path / "work") == points
     assert len(stand_ins) == 1  # resumed: nothing retrained
+    from agentark_utils.store import append_jsonl
+
+    append_jsonl(tmp_path / "out" / "points.jsonl", points)  # an older run recorded the point twice
+    assert run_sweep(cfg, [], test, {"da": rows(2)}, "arith_mix", tmp_path / "out", tmp_path / "work") == points
     more = sweep_config(fractions=[0.5, 0.9])
     assert [p["x"] for p in run_sweep(more, [], test, {"da": rows(2)}, "arith_mix", tmp_path / "out", tmp_path / "work")] == [1, 2]
     assert len(stand_ins) == 2  # only the new point
@@ -123,3 +129,27 @@ def test_the_curves_end_at_the_main_run(tmp_path, stand_ins):
         ("agents", cfg.debate.n_agents, 0.75),  # the main run's 3 agents and all 4 questions
         ("data", 2, 0.5),                       # the sweep's half
         ("data", 4, 0.75)]                      # the main run
+
+
+def test_the_agents_axis_debates_again_and_trains_what_extraction_kept(tmp_path, stand_ins, monkeypatch):
+    from agentark_utils import scaling
+    from agentark_utils.tasks import Question
+
+    debates = []
+
+    def run_debate(splits, backend, cfg, path, run_id):
+        debates.append((sorted(splits), cfg.n_agents, cfg.self_consistency_samples, Path(path).name))
+        return ["records"]
+
+    monkeypatch.setattr(scaling, "make_backend", lambda model, role: object())
+    monkeypatch.setattr(scaling.debate, "run_debate", run_debate)
+    monkeypatch.setattr(scaling, "build_examples", lambda records, *args: {"da": rows(2), "rsft": []})
+    train = [Question(id="q0", task="arith_mix", question="2+2", answer="4", answer_format="number")]
+    test = [Question(id="t1", task="arith_mix", question="1+1", answer="2", answer_format="number")]
+    cfg = sweep_config(strategies=["da", "rsft"], fractions=[0.5], agents=[2])
+    points = scaling.run_sweep(cfg, train, test, {"da": rows(4), "rsft": rows(4)}, "arith_mix", tmp_path / "out",
+                               tmp_path / "work")
+    assert debates == [(["train"], 2, 1, "2-agents.jsonl")]  # the training questions, 2 agents, 1 sample
+    agents = [(p["strategy"], p["x"], p["n_questions"]) for p in points if p["axis"] == "agents"]
+    assert agents == [("da", 2, 2)]  # rsft kept nothing on the new debate: no point
+    assert len(stand_ins) == 3  # da and rsft on half the questions, da on the 2-agent debate
