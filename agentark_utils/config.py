@@ -185,6 +185,8 @@ class PRMParams(_Section):
     tau: float = Field(default=0.1, gt=0)  # Eq. 7 temperature (the paper gives none; the code uses 0.1)
     ce_weight: float = Field(default=1.0, ge=0)  # weight of the added binary cross-entropy
     batch_questions: int = Field(default=2, ge=1)  # whole questions per batch: negatives come from them
+    weight_decay: float = Field(default=0.1, ge=0)  # AdamW; the reference code's 0.1
+    adam_beta2: float = Field(default=0.95, gt=0, lt=1)  # the reference code's 0.95
     max_length: int = Field(default=512, ge=16)
     # a forward pass's fixed cost in padded tokens: a batch's traces are split into length buckets,
     # one forward each, where that saves more padding (prm.py). On our 2-core CPU an extra forward

@@ -59,8 +59,8 @@ import torch.nn.functional as F
 from agentark_utils.config import SFTParams
 from agentark_utils.extraction import Example
 from agentark_utils.runs import fingerprint, path_digest
-from agentark_utils.training import (prepare_checkpoints, remove_checkpoints,
-                                     stop_on_non_finite_callback)
+from agentark_utils.training import (prepare_checkpoints, remove_checkpoints, stop_on_non_finite_callback,
+                                     trainer_arguments)
 
 
 @dataclass
@@ -211,7 +211,7 @@ def train_sft(examples: list[Example], base_model: str, out_dir: str | Path, par
     import datasets
     from trl import SFTConfig
 
-    from agentark_utils.models import load_causal_lm, save_atomically, torch_device
+    from agentark_utils.models import load_causal_lm, save_atomically
 
     out_dir = Path(out_dir)
     if not examples:
@@ -237,17 +237,13 @@ def train_sft(examples: list[Example], base_model: str, out_dir: str | Path, par
 
         peft_config = LoraConfig(r=params.lora_r, lora_alpha=params.lora_alpha, target_modules="all-linear",
                                  task_type="CAUSAL_LM")
+    # Every step logs (trainer_arguments): each step's log carries its rows and loss tokens (WeightedSFTTrainer.log).
     config = SFTConfig(
-        output_dir=str(ckpt_dir), learning_rate=params.learning_rate,
+        **trainer_arguments(ckpt_dir, params, device), learning_rate=params.learning_rate,
         per_device_train_batch_size=params.batch_size, gradient_accumulation_steps=params.grad_accum,
-        max_length=params.max_length, bf16=params.bf16, seed=params.seed, data_seed=params.seed,
-        lr_scheduler_type="cosine", warmup_steps=params.warmup_steps,
+        max_length=params.max_length, lr_scheduler_type="cosine", warmup_steps=params.warmup_steps,
         train_sampling_strategy="group_by_length" if params.group_by_length else "random",
-        logging_steps=1,  # every step's log carries its rows and loss tokens (WeightedSFTTrainer.log)
-        save_strategy="steps",
-        save_steps=params.save_steps, save_total_limit=1, report_to=[], remove_unused_columns=False,
-        use_cpu=torch_device(device) == "cpu", disable_tqdm=False,
-        logging_nan_inf_filter=False,  # the default would hide a NaN loss from StopOnNonFinite
+        remove_unused_columns=False,
     )
     # The budget counts the processes, which the arguments know only once built.
     config.max_steps = optimizer_steps(n_questions, params, config.world_size)

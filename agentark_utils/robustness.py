@@ -20,7 +20,7 @@ import re
 from typing import Callable
 
 from agentark_utils.metrics import paired_comparison
-from agentark_utils.tasks import Question
+from agentark_utils.tasks import OPTION_LETTERS, Question
 
 DISTRACTORS = (
     "Note: the store down the street sells {n} kinds of bread.",
@@ -40,7 +40,7 @@ def distractor(q: Question, rng: random.Random) -> Question:
 
 def _wrong_answer(q: Question, rng: random.Random) -> str | None:
     if q.choices:
-        letters = [letter for letter in "ABCDEFGHIJ"[: len(q.choices)] if letter != q.answer.upper()]
+        letters = [letter for letter in OPTION_LETTERS[: len(q.choices)] if letter != q.answer.upper()]
         return rng.choice(letters) if letters else None
     try:
         value = float(q.answer)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Literal
 
 AnswerFormat = Literal["number", "math", "choice"]
+OPTION_LETTERS = "ABCDEFGHIJ"  # multiple-choice options, in order: the answer of a choice question is one
 
 
 class DatasetError(ValueError):
@@ -56,6 +57,12 @@ class Question:
     @classmethod
     def from_dict(cls, row: dict) -> "Question":
         return cls(**{**row, "choices": tuple(row.get("choices", ()))})
+
+
+def split_questions(records: list[dict], split: str) -> list[Question]:
+    """The questions of one split ("train", "test", "ood:<task>") of records that carry their question
+    (the debate stage's), in record order."""
+    return [Question.from_dict(r["question"]) for r in records if r["split"] == split]
 
 
 @dataclass(frozen=True)
@@ -125,7 +132,7 @@ def _medmcqa_row(row: dict, index: int) -> dict:
     return {
         "id": row.get("id"),
         "question": row.get("question"),
-        "answer": "ABCD"[cop],
+        "answer": OPTION_LETTERS[cop],
         "choices": choices,
         "reasoning": row.get("exp"),
         "metadata": {"subject": row.get("subject_name")},
@@ -172,7 +179,8 @@ TASKS: dict[str, TaskSpec] = {
 
 # --- building and checking records ------------------------------------------------------------
 
-def _normalize_text(text: str) -> str:
+def normalize_text(text: str) -> str:
+    """Lower case, whitespace runs as one space: two texts equal up to case and spacing compare equal."""
     return " ".join(text.lower().split())
 
 
@@ -199,7 +207,7 @@ def make_questions(spec: TaskSpec, rows: list[dict], source: str, split: str = "
         if spec.answer_format == "choice":
             if len(choices) < 2 or any(not c.strip() for c in choices):
                 raise DatasetError(f"{source}: row {index}: a multiple-choice row needs >= 2 non-empty choices")
-            letters = "ABCDEFGHIJ"[: len(choices)]
+            letters = OPTION_LETTERS[: len(choices)]
             if str(answer) not in letters:
                 raise DatasetError(f"{source}: row {index}: answer {answer!r} is not one of the choices {letters}")
         out.append(Question(qid, spec.name, str(question), str(answer).strip(), spec.answer_format, choices,
@@ -249,7 +257,7 @@ def expression_key(question: Question) -> str:
     if meta.get("equation") and meta.get("variable"):
         renamed = re.sub(rf"\b{re.escape(meta['variable'])}\b", "x", str(meta["equation"]))
         return "".join(renamed.split())
-    return _normalize_text(question.question)
+    return normalize_text(question.question)
 
 
 def _dedupe(questions: list[Question]) -> list[Question]:

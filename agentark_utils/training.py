@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -84,6 +85,27 @@ def prepare_checkpoints(ckpt_dir: Path, stamp_value: str) -> Path | None:
         last_complete_checkpoint(ckpt_dir)  # drops half-written ones
     barrier()
     return last_complete_checkpoint(ckpt_dir)  # for the main process, deletes nothing now
+
+
+def torch_device(name: str) -> str:
+    """The torch device for `name`; plain "cuda" means this process's own GPU under a launcher."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and "LOCAL_RANK" in os.environ:  # set by accelerate launch / torchrun
+        return f"cuda:{os.environ['LOCAL_RANK']}"
+    return name
+
+
+def trainer_arguments(output_dir: str | Path, params, device: str) -> dict:
+    """The Trainer arguments SFT, the PRM and GRPO share, from their config section (`bf16`,
+    `seed`, `save_steps`): a log line every step, one checkpoint kept, no tracker, the NaN filter off
+    (`stop_on_non_finite_callback` must see such a loss), the CPU when the device is one."""
+    return dict(output_dir=str(output_dir), bf16=params.bf16, seed=params.seed, data_seed=params.seed,
+                logging_steps=1, save_strategy="steps", save_steps=params.save_steps, save_total_limit=1,
+                report_to=[], use_cpu=torch_device(device) == "cpu", logging_nan_inf_filter=False,
+                disable_tqdm=False)
 
 
 def stop_on_non_finite_callback():

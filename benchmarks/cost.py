@@ -21,7 +21,7 @@ from agentark_utils import metrics
 from agentark_utils.backends import HFBackend
 from agentark_utils.debate import debate_chunk
 from agentark_utils.evaluation import evaluate_grid
-from agentark_utils.models import torch_device
+from agentark_utils.training import torch_device
 
 KEYS = ("calls_per_question", "generated_tokens_per_question", "tokens_per_question", "latency_s_per_question",
         "accuracy")

@@ -37,7 +37,8 @@ from common import TokenCounter, machine, matmul_peak_gflops, peak_rss_gib, rese
 from agentark_utils.backends import HFBackend, OpenAIBackend
 from agentark_utils.debate import debate_chunk
 from agentark_utils.metrics import system_calls
-from agentark_utils.models import find_gguf, torch_device
+from agentark_utils.models import find_gguf
+from agentark_utils.training import torch_device
 
 
 def greedy_texts(records) -> list[str]:

@@ -432,7 +432,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from agentark_utils.models import torch_device
+    from agentark_utils.training import torch_device
 
     device = torch_device(args.device)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]

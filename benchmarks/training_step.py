@@ -29,7 +29,8 @@ from common import machine, matmul_peak_gflops, write
 
 from agentark_utils.config import load_params
 from agentark_utils.distill import LengthGroupedBatches, weighted_completion_loss
-from agentark_utils.models import load_causal_lm, torch_device
+from agentark_utils.models import load_causal_lm
+from agentark_utils.training import torch_device
 from agentark_utils.prm import StepBatchCollator, load_prm, prm_loss, set_stage, step_scores
 
 # Synthetic lengths in tokens: a chat-formatted question prompt, and a trace (one agent's answer)

@@ -211,3 +211,14 @@ def test_an_out_of_domain_hub_set_reads_its_local_file():
                            ood_tasks=["equations"], ood_paths={"equations": str(FIXTURES / "gsm8k.jsonl")})
     with pytest.raises(DatasetError, match="task equations is generated .reasoning-gym.: it reads no file"):
         load_splits(generated)
+
+
+def test_split_questions_reads_one_split_of_the_records_in_order():
+    from agentark_utils.tasks import Question, split_questions
+
+    qs = [Question(id=f"q{i}", task="arith_mix", question=f"{i}+1", answer=str(i + 1), answer_format="number")
+          for i in range(4)]
+    records = [{"split": split, "question": q.to_dict()} for split, q in zip(["train", "test", "train", "ood:mul"], qs)]
+    assert split_questions(records, "train") == [qs[0], qs[2]]
+    assert split_questions(records, "ood:mul") == [qs[3]]
+    assert split_questions(records, "test")[0].choices == ()

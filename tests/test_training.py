@@ -37,3 +37,15 @@ def test_checkpoints_survive_only_an_identical_rerun(tmp_path):
     assert prepare_checkpoints(ckpt, fingerprint("model", {"lr": 1}, ["row"])) == ckpt / "checkpoint-3"
     assert prepare_checkpoints(ckpt, fingerprint("model", {"lr": 2}, ["row"])) is None  # settings changed
     assert not (ckpt / "checkpoint-3").exists()
+
+
+def test_trainer_arguments_carry_the_sections_settings():
+    from types import SimpleNamespace
+
+    from agentark_utils.training import trainer_arguments
+
+    args = trainer_arguments("ckpt", SimpleNamespace(bf16=False, seed=7, save_steps=3), "cpu")
+    assert args["output_dir"] == "ckpt" and args["seed"] == args["data_seed"] == 7 and args["save_steps"] == 3
+    assert args["use_cpu"] and not args["bf16"]
+    assert args["logging_nan_inf_filter"] is False  # or StopOnNonFinite never sees a NaN loss
+    assert args["logging_steps"] == 1 and args["save_total_limit"] == 1
