@@ -6,14 +6,26 @@
 
 Every section of params.yaml is checked before anything runs (a typo in a later stage's section
 fails now, not an hour later); the notebook then receives only the sections it reads.
+
+`dvc.yaml` is the one place a stage's notebook and params sections are written: `STAGES` reads
+them from it (the notebook is the stage's `.ipynb` dep, the sections the heads of its `params`
+entries), and adds only what DVC does not know, the notebook's path parameters. Each notebook's
+parameters cell holds the defaults of its sections for JupyterLab users, written from params.yaml:
+
+    python -m agentark_utils.stages sync-notebooks     # after changing a default in params.yaml
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import json
 import os
+import pprint
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 from agentark_utils.config import ParamsError, load_params
 from agentark_utils.store import write_json
@@ -27,35 +39,71 @@ REPO = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True)
 class Stage:
-    notebook: str
-    sections: tuple[str, ...]  # the params.yaml sections the notebook receives
+    notebook: str  # from dvc.yaml: the stage's .ipynb dep
+    sections: tuple[str, ...]  # from dvc.yaml: the params.yaml sections the notebook receives
     out_dir: str  # may contain {strategy}
     paths: dict = field(default_factory=dict)  # other path parameters (inputs, model dir)
 
 
-STAGES = {
-    "debate": Stage("notebooks/01_debate.ipynb", ("model", "data", "debate"), "results/debate"),
-    "extract": Stage("notebooks/02_extract.ipynb", ("model", "extraction"), "results/extract",
-                     {"debate_dir": "results/debate"}),
-    "sft": Stage("notebooks/03_sft.ipynb", ("model", "sft"), "results/sft/{strategy}",
-                 {"extract_dir": "results/extract", "model_dir": "models/{strategy}"}),
-    "pad": Stage("notebooks/04_pad.ipynb", ("model", "prm", "grpo"), "results/pad",
-                 {"debate_dir": "results/debate", "prm_dir": "models/prm", "model_dir": "models/pad"}),
-    "evaluate": Stage("notebooks/05_evaluate.ipynb", ("model", "data", "evaluation"), "results/eval",
-                      {"debate_dir": "results/debate", "figures_dir": "results/figures"}),
-    "robustness": Stage("notebooks/06_robustness.ipynb", ("model", "evaluation", "robustness"), "results/robustness",
-                        {"debate_dir": "results/debate", "eval_dir": "results/eval", "figures_dir": "results/figures"}),
-    "reasoning": Stage("notebooks/07_reasoning.ipynb", ("model", "evaluation"), "results/reasoning",
-                       {"debate_dir": "results/debate", "figures_dir": "results/figures"}),
-    "scaling": Stage("notebooks/09_scaling.ipynb",
-                     ("model", "data", "debate", "extraction", "sft", "evaluation", "scaling"), "results/scaling",
-                     {"debate_dir": "results/debate", "extract_dir": "results/extract", "eval_dir": "results/eval",
-                      "work_dir": "models/scaling", "figures_dir": "results/figures"}),
-    "open_ended": Stage("notebooks/10_open_ended.ipynb", ("model", "evaluation", "open_ended"), "results/open_ended",
-                        {"figures_dir": "results/figures"}),
-    "figures": Stage("notebooks/08_figures.ipynb", (), "results/figures",
-                     {"eval_dir": "results/eval", "figures_dir": "results/figures"}),
+# What dvc.yaml does not say: where each notebook writes, and its other path parameters.
+PATHS = {
+    "debate": ("results/debate", {}),
+    "extract": ("results/extract", {"debate_dir": "results/debate"}),
+    "sft": ("results/sft/{strategy}", {"extract_dir": "results/extract", "model_dir": "models/{strategy}"}),
+    "pad": ("results/pad", {"debate_dir": "results/debate", "prm_dir": "models/prm", "model_dir": "models/pad"}),
+    "evaluate": ("results/eval", {"debate_dir": "results/debate", "figures_dir": "results/figures"}),
+    "robustness": ("results/robustness",
+                   {"debate_dir": "results/debate", "eval_dir": "results/eval", "figures_dir": "results/figures"}),
+    "reasoning": ("results/reasoning", {"debate_dir": "results/debate", "figures_dir": "results/figures"}),
+    "scaling": ("results/scaling", {"debate_dir": "results/debate", "extract_dir": "results/extract",
+                                    "eval_dir": "results/eval", "work_dir": "models/scaling",
+                                    "figures_dir": "results/figures"}),
+    "open_ended": ("results/open_ended", {"figures_dir": "results/figures"}),
+    "figures": ("results/figures", {"eval_dir": "results/eval", "figures_dir": "results/figures"}),
 }
+
+
+def read_stages(dvc_yaml: Path = REPO / "dvc.yaml") -> dict[str, Stage]:
+    """The notebook stages of `dvc_yaml` (those whose command is this module), with `PATHS`."""
+    stages = {}
+    for name, spec in yaml.safe_load(dvc_yaml.read_text())["stages"].items():
+        spec = spec.get("do", spec)  # a foreach stage (sft): its template
+        if not spec["cmd"].startswith(f"python -m agentark_utils.stages {name}"):
+            continue
+        (notebook,) = [dep for dep in spec["deps"] if dep.endswith(".ipynb")]
+        sections = tuple(dict.fromkeys(entry.split(".")[0] for entry in spec.get("params", [])))
+        out_dir, paths = PATHS[name]
+        stages[name] = Stage(notebook, sections, out_dir, paths)
+    return stages
+
+
+STAGES = read_stages()
+
+
+def sync_notebooks(params_path: str | Path = "params.yaml", root: Path = REPO) -> list[str]:
+    """Write each stage notebook's parameters cell (under `root`) from params.yaml: every section
+    the stage receives, as a dict literal in params.yaml's key order; other lines of the cell stay.
+    Returns the notebooks that changed."""
+    params = yaml.safe_load(Path(params_path).read_text())
+    changed = []
+    for stage in STAGES.values():
+        path = root / stage.notebook
+        notebook = json.loads(path.read_text())
+        cell = next(c for c in notebook["cells"] if "parameters" in c["metadata"].get("tags", []))
+        source = "".join(cell["source"])
+        lines = source.splitlines(keepends=True)
+        out = []
+        for node in ast.parse(source).body:
+            text = "".join(lines[node.lineno - 1:node.end_lineno])
+            name = node.targets[0].id if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) else None
+            if name in stage.sections:
+                text = f"{name} = {pprint.pformat(params[name], sort_dicts=False)}" + "\n" * text.endswith("\n")
+            out.append(text)
+        if "".join(out) != source:
+            cell["source"] = "".join(out).splitlines(keepends=True)
+            path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
+            changed.append(stage.notebook)
+    return changed
 
 
 # The packages whose versions shape results; recorded with every run (README "Reproducibility").
@@ -124,14 +172,19 @@ def run_stage(name: str, params_path: str | Path = "params.yaml", out_dir: str |
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run a stage notebook with Papermill.")
-    parser.add_argument("stage", choices=sorted(STAGES))
+    parser.add_argument("stage", choices=sorted(STAGES) + ["sync-notebooks"],
+                        help="a stage, or sync-notebooks: rewrite the notebooks' parameters cells from --params")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out-dir", default=None)
     parser.add_argument("--kernel", default=KERNEL)
     parser.add_argument("--strategy", default=None, help="for the sft stage: rsft, da, answer_only or cot")
     args = parser.parse_args(argv)
     try:
-        print(f"executed {run_stage(args.stage, args.params, args.out_dir, args.kernel, args.strategy)}")
+        if args.stage == "sync-notebooks":
+            load_params(args.params, check_machine=False)  # only valid defaults go into the notebooks
+            print("\n".join(f"rewrote {nb}" for nb in sync_notebooks(args.params)) or "notebooks already match")
+        else:
+            print(f"executed {run_stage(args.stage, args.params, args.out_dir, args.kernel, args.strategy)}")
     except ParamsError as error:  # it names the file, the key and what is wrong: no traceback needed
         raise SystemExit(str(error)) from None
 

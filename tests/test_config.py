@@ -136,7 +136,8 @@ def test_notebook_parameters_match_params_yaml():
         namespace: dict = {}
         exec("".join(cell["source"]), namespace)
         for section in sections:
-            assert namespace[section] == GOOD[section], f"{notebook}: section {section} differs from params.yaml"
+            assert namespace[section] == GOOD[section], (
+                f"{notebook}: section {section} differs from params.yaml; run python -m agentark_utils.stages sync-notebooks")
 
 
 MEDMCQA_ROW = {"id": "x1", "question": "Q?", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 1}

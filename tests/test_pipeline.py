@@ -60,9 +60,57 @@ def _params(name: str) -> list[str]:
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
-def test_stage_params_are_the_sections_its_notebook_receives(name):
-    sections = list(dict.fromkeys(entry.split(".")[0] for entry in _params(name)))
-    assert sections == list(STAGES[name].sections)
+def test_the_notebook_validates_and_declares_the_sections_dvc_tracks(name):
+    """dvc.yaml names a stage's params sections (STAGES reads them from it); the schema the notebook
+    validates with (config.<X>Stage) and its parameters cell hold those sections and no other."""
+    from agentark_utils import config
+
+    stage = STAGES[name]
+    cells = [c for c in json.loads((ROOT / stage.notebook).read_text())["cells"] if c["cell_type"] == "code"]
+    parameters = next("".join(c["source"]) for c in cells if "parameters" in c["metadata"].get("tags", []))
+    declared = {node.targets[0].id for node in ast.parse(parameters).body if isinstance(node, ast.Assign)}
+    assert declared & set(config.Params.model_fields) == set(stage.sections)
+    schema = re.search(r"config\.validate\(.*?config\.(\w+)", "".join("".join(c["source"]) for c in cells), re.S)
+    if stage.sections:
+        assert set(getattr(config, schema.group(1)).model_fields) == set(stage.sections)
+    else:
+        assert schema is None
+
+
+def test_stages_come_from_dvc_yaml(tmp_path):
+    from agentark_utils.stages import read_stages
+
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "provision_model": {"cmd": "python -m agentark_utils.models provision", "deps": ["x.py"]},
+        "sft": {"foreach": ["rsft"], "do": {"cmd": "python -m agentark_utils.stages sft --strategy ${item}",
+                                            "deps": ["notebooks/03_sft.ipynb", "a.py"],
+                                            "params": ["model.student", "model.device", "sft"]}},
+        "figures": {"cmd": "python -m agentark_utils.stages figures", "deps": ["notebooks/08_figures.ipynb"]},
+    }}))
+    stages = read_stages(tmp_path / "dvc.yaml")
+    assert set(stages) == {"sft", "figures"}  # a stage that runs no notebook is not one of ours
+    assert stages["sft"].notebook == "notebooks/03_sft.ipynb" and stages["sft"].sections == ("model", "sft")
+    assert stages["figures"].sections == ()
+
+
+def test_sync_notebooks_writes_the_parameters_cells_from_params_yaml(tmp_path):
+    import shutil
+
+    from agentark_utils.stages import sync_notebooks
+
+    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
+    assert sync_notebooks(ROOT / "params.yaml", root=tmp_path) == []  # the shipped cells match params.yaml
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["debate"]["temperature"] = 0.7
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = sync_notebooks(tmp_path / "params.yaml", root=tmp_path)
+    assert changed == [STAGES[n].notebook for n in STAGES if "debate" in STAGES[n].sections]
+    cell = next(c for c in json.loads((tmp_path / "notebooks/01_debate.ipynb").read_text())["cells"]
+                if "parameters" in c["metadata"].get("tags", []))
+    namespace: dict = {}
+    exec("".join(cell["source"]), namespace)
+    assert namespace["debate"]["temperature"] == 0.7 and namespace["out_dir"] == "results/debate"
+    assert sync_notebooks(tmp_path / "params.yaml", root=tmp_path) == []  # idempotent
 
 
 def model_keys_read(notebook: str) -> set[str] | None:
