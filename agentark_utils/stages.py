@@ -45,20 +45,27 @@ class Stage:
     paths: dict = field(default_factory=dict)  # other path parameters (inputs, model dir)
 
 
+# The students every analysis compares with the base, by name; dvc.yaml lists their directories as
+# deps of each stage that reads them (tests/test_pipeline.py checks it).
+STUDENTS = {"rsft": "models/rsft", "da": "models/da", "pad": "models/pad", "answer_only": "models/answer_only",
+            "cot": "models/cot"}
+
 # What dvc.yaml does not say: where each notebook writes, and its other path parameters.
 PATHS = {
     "debate": ("results/debate", {}),
     "extract": ("results/extract", {"debate_dir": "results/debate"}),
     "sft": ("results/sft/{strategy}", {"extract_dir": "results/extract", "model_dir": "models/{strategy}"}),
     "pad": ("results/pad", {"debate_dir": "results/debate", "prm_dir": "models/prm", "model_dir": "models/pad"}),
-    "evaluate": ("results/eval", {"debate_dir": "results/debate", "figures_dir": "results/figures"}),
-    "robustness": ("results/robustness",
-                   {"debate_dir": "results/debate", "eval_dir": "results/eval", "figures_dir": "results/figures"}),
-    "reasoning": ("results/reasoning", {"debate_dir": "results/debate", "figures_dir": "results/figures"}),
+    "evaluate": ("results/eval", {"debate_dir": "results/debate", "figures_dir": "results/figures",
+                                  "students": STUDENTS}),
+    "robustness": ("results/robustness", {"debate_dir": "results/debate", "eval_dir": "results/eval",
+                                          "figures_dir": "results/figures", "students": STUDENTS}),
+    "reasoning": ("results/reasoning", {"debate_dir": "results/debate", "figures_dir": "results/figures",
+                                        "students": STUDENTS}),
     "scaling": ("results/scaling", {"debate_dir": "results/debate", "extract_dir": "results/extract",
                                     "eval_dir": "results/eval", "work_dir": "models/scaling",
                                     "figures_dir": "results/figures"}),
-    "open_ended": ("results/open_ended", {"figures_dir": "results/figures"}),
+    "open_ended": ("results/open_ended", {"figures_dir": "results/figures", "students": STUDENTS}),
     "figures": ("results/figures", {"eval_dir": "results/eval", "figures_dir": "results/figures"}),
 }
 
@@ -82,11 +89,12 @@ STAGES = read_stages()
 
 def sync_notebooks(params_path: str | Path = "params.yaml", root: Path = REPO) -> list[str]:
     """Write each stage notebook's parameters cell (under `root`) from params.yaml: every section
-    the stage receives, as a dict literal in params.yaml's key order; other lines of the cell stay.
-    Returns the notebooks that changed."""
-    params = yaml.safe_load(Path(params_path).read_text())
+    the stage receives, as a dict literal in params.yaml's key order, and `students` where the stage
+    takes them; other lines of the cell stay. Returns the notebooks that changed."""
+    defaults = {**yaml.safe_load(Path(params_path).read_text()), "students": STUDENTS}
     changed = []
     for stage in STAGES.values():
+        written = set(stage.sections) | ({"students"} & set(stage.paths))
         path = root / stage.notebook
         notebook = json.loads(path.read_text())
         cell = next(c for c in notebook["cells"] if "parameters" in c["metadata"].get("tags", []))
@@ -96,8 +104,8 @@ def sync_notebooks(params_path: str | Path = "params.yaml", root: Path = REPO) -
         for node in ast.parse(source).body:
             text = "".join(lines[node.lineno - 1:node.end_lineno])
             name = node.targets[0].id if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) else None
-            if name in stage.sections:
-                text = f"{name} = {pprint.pformat(params[name], sort_dicts=False)}" + "\n" * text.endswith("\n")
+            if name in written:
+                text = f"{name} = {pprint.pformat(defaults[name], sort_dicts=False)}" + "\n" * text.endswith("\n")
             out.append(text)
         if "".join(out) != source:
             cell["source"] = "".join(out).splitlines(keepends=True)
@@ -160,7 +168,8 @@ def run_stage(name: str, params_path: str | Path = "params.yaml", out_dir: str |
     params = load_params(params_path)
     out_dir = out_dir or stage.out_dir.format(strategy=strategy)
     parameters = {section: getattr(params, section).model_dump() for section in stage.sections}
-    parameters.update({key: value.format(strategy=strategy) for key, value in stage.paths.items()})
+    parameters.update({key: value.format(strategy=strategy) if isinstance(value, str) else value
+                       for key, value in stage.paths.items()})
     parameters.update(paths or {})
     parameters["out_dir"] = out_dir
     if needs_strategy:

@@ -54,6 +54,11 @@ def test_stage_depends_on_every_module_its_notebook_uses(name):
     assert stage.notebook in spec["deps"]
 
 
+def _deps(name: str) -> list[str]:
+    spec = PIPELINE[name]["do"] if "foreach" in PIPELINE[name] else PIPELINE[name]
+    return list(spec["deps"])
+
+
 def _params(name: str) -> list[str]:
     spec = PIPELINE[name]["do"] if "foreach" in PIPELINE[name] else PIPELINE[name]
     return list(spec.get("params", []))
@@ -147,3 +152,21 @@ def test_a_generation_setting_retrains_no_student(name):
     """`model.batch_size` (and the teacher, dtype, backend) change no training: DVC must not track them there."""
     assert "model" not in _params(name)
     assert not {"model.batch_size", "model.teacher", "model.dtype", "model.backend"} & set(_params(name))
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(STAGES) if "students" in STAGES[n].paths])
+def test_a_stage_that_reads_the_students_depends_on_each(name):
+    """The students are one table (stages.STUDENTS), passed to every stage that compares them; DVC
+    must re-run such a stage when any of them is retrained."""
+    from agentark_utils.stages import STUDENTS
+
+    assert STAGES[name].paths["students"] is STUDENTS
+    missing = set(STUDENTS.values()) - set(_deps(name))
+    assert not missing, f"dvc.yaml stage {name} lacks deps {sorted(missing)}"
+
+
+def test_the_students_are_the_strategies_and_pad():
+    from agentark_utils.extraction import STRATEGIES
+    from agentark_utils.stages import STUDENTS
+
+    assert set(STUDENTS) == set(STRATEGIES) | {"pad"}
