@@ -67,6 +67,7 @@ PATHS = {
                                     "figures_dir": "results/figures"}),
     "open_ended": ("results/open_ended", {"figures_dir": "results/figures", "students": STUDENTS}),
     "figures": ("results/figures", {"eval_dir": "results/eval", "figures_dir": "results/figures"}),
+    "calibration": ("results/calibration", {"exp_json": "results/calibration/experiments.json"}),
 }
 
 

@@ -129,6 +129,8 @@ def test_paper_profile_runs_through_dvc_repro_on_cpu(qwen3_style_model_dir, tmp_
     for name in ("notebooks", "agentark_utils"):
         shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
     (project / "params.yaml").write_text(yaml.safe_dump(dry_run_params(qwen3_style_model_dir)))
+    (project / "results/calibration").mkdir(parents=True)  # the calibration stage reads the recorded sweep
+    shutil.copy(ROOT / "results/calibration/experiments.json", project / "results/calibration")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     dvc = [sys.executable, "-m", "dvc"]
     subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=project, check=True, env=env)
