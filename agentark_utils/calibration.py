@@ -175,19 +175,19 @@ def read_experiments(exp_show: list, prefix: str = "calibration-") -> pd.DataFra
     return pd.DataFrame(rows).sort_values("experiment").reset_index(drop=True)
 
 
-def report(out_dir: str = "results/calibration", rev: str | None = None) -> Path:
-    """Snapshot `dvc exp show --json` (with each experiment's whole metrics file) and run
-    notebooks/11_calibration.ipynb on it. `rev`: the commit the sweep ran on, if not HEAD."""
-    from agentark_utils.stages import REPO, execute_notebook
+def report(out_dir: str = "results/calibration", rev: str | None = None, params_path: str = "params.yaml") -> Path:
+    """Snapshot `dvc exp show --json` (with each experiment's whole metrics file) in
+    `out_dir/experiments.json`, then run the `calibration` stage's notebook on it (what `dvc repro`
+    does from the committed snapshot). `rev`: the commit the sweep ran on, if not HEAD."""
+    import dvc.api
+
+    from agentark_utils.stages import run_stage
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    import dvc.api
-
     shown = with_full_metrics(_exp_show(rev), lambda exp: json.loads(dvc.api.read(METRICS_FILE, repo=".", rev=exp)))
     (out / "experiments.json").write_text(json.dumps(shown))
-    return execute_notebook(REPO / "notebooks/11_calibration.ipynb", out / "11_calibration.ipynb",
-                            {"exp_json": str(out / "experiments.json"), "out_dir": str(out)})
+    return run_stage("calibration", params_path, out_dir=str(out), paths={"exp_json": str(out / "experiments.json")})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -198,7 +198,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rev", default=None, help="report: the commit the sweep ran on (default: HEAD)")
     args = parser.parse_args(argv)
     if args.command == "report":
-        print(f"executed {report(args.out_dir, args.rev)}")
+        try:
+            print(f"executed {report(args.out_dir, args.rev, args.params)}")
+        except ParamsError as error:
+            raise SystemExit(str(error)) from None
         return
     # A kill (SIGTERM) unwinds like Ctrl-C, so run_sweep restores params.yaml and dvc.lock.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -430,9 +430,9 @@ def machine_problems(params: Params) -> list[str]:
     import shutil
 
     problems = []
-    launcher = params.model.launcher
-    if launcher is not None and shutil.which(shlex.split(launcher)[0]) is None:
-        problems.append(f"model.launcher: launcher command {shlex.split(launcher)[0]!r} is not on PATH "
+    command = shlex.split(params.model.launcher)[0] if params.model.launcher else None  # the schema parsed it
+    if command is not None and shutil.which(command) is None:
+        problems.append(f"model.launcher: launcher command {command!r} is not on PATH "
                         "(e.g. 'accelerate launch --config_file configs/accelerate/multi_gpu.yaml')")
     files = {f"data.ood_paths.{task}": path for task, path in params.data.ood_paths.items()}
     files |= {f"open_ended.paths.{task}": path for task, path in params.open_ended.paths.items()}

@@ -1,5 +1,7 @@
 """The calibration sweep: its settings become `dvc exp run -S` overrides on held-out questions only."""
 
+import json
+
 import pytest
 
 from agentark_utils.calibration import overrides, read_experiments, with_full_metrics
@@ -106,3 +108,23 @@ def test_the_metrics_dvc_exp_show_drops_are_read_back_at_each_experiments_revisi
     wanted = full["data"]["metrics"]["results/debate/metrics.json"]["data"]
     table = read_experiments(with_full_metrics(shown, lambda rev: wanted if rev == "calibration-00" * 2 else None))
     assert table.loc[0, "debate_vs_single_low"] == -0.1
+
+
+def test_report_snapshots_the_experiments_and_runs_the_calibration_stage(tmp_path, monkeypatch):
+    """`calibration report` writes experiments.json (each experiment's whole metrics file read back)
+    and runs the same notebook as the `calibration` stage on it."""
+    import dvc.api
+
+    from agentark_utils import calibration
+
+    recorded = json.loads((ROOT / "results/calibration/experiments.json").read_text())
+    metrics = {exp["rev"]: exp["data"]["metrics"][calibration.METRICS_FILE]["data"]
+               for exp in calibration._experiments(recorded)
+               if (exp["data"].get("metrics") or {}).get(calibration.METRICS_FILE, {}).get("data")}
+    monkeypatch.setattr(calibration, "_exp_show", lambda rev=None: json.loads(json.dumps(recorded)))
+    monkeypatch.setattr(dvc.api, "read", lambda path, repo, rev: json.dumps(metrics[rev]))
+    executed = calibration.report(str(tmp_path), params_path=str(ROOT / "params.yaml"))
+    assert executed == tmp_path / "11_calibration.ipynb" and executed.exists()
+    assert json.loads((tmp_path / "experiments.json").read_text()) == recorded
+    verdict = json.loads((tmp_path / "verdict.json").read_text())
+    assert verdict["settings"] == len(metrics) == 4 and verdict["closest"]["temperature"] == 0.2
