@@ -9,11 +9,12 @@ same parameters validate anywhere (a notebook opened on another machine, a repor
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 
 # The registries' names, so that a bad name fails validation before any compute. They are listed
@@ -192,6 +193,7 @@ class PRMParams(_Section):
     # one forward each, where that saves more padding (prm.py). On our 2-core CPU an extra forward
     # cost about as much as 700 tokens (benchmarks/training_step.py): 1024 keeps short batches whole.
     bucket_cost_tokens: int = Field(default=1024, ge=0)
+    score_batch_size: int = Field(default=16, ge=1)  # traces per forward when scoring (held-out quality, GRPO rewards)
     bf16: bool = False  # bf16 autocast: on GPUs; slower than fp32 on the 2-core CPU
     save_steps: int = Field(default=5, ge=1)
     # question-level resamples for the held-out AUROC intervals (PRM, baselines, aggregations)
@@ -264,47 +266,6 @@ class RobustnessParams(_Section):
         return _all_known(value, PERTURBATION_NAMES, "perturbation(s)")
 
 
-class DebateStage(_Section):
-    """The sections the debate stage reads."""
-
-    model: ModelParams
-    data: DataParams
-    debate: DebateParams
-
-
-class ExtractStage(_Section):
-    model: ModelParams
-    extraction: ExtractionParams
-
-
-class SFTStage(_Section):
-    model: ModelParams
-    sft: SFTParams
-
-
-class PADStage(_Section):
-    model: ModelParams
-    prm: PRMParams
-    grpo: GRPOParams
-
-
-class EvaluateStage(_Section):
-    model: ModelParams
-    data: DataParams
-    evaluation: EvaluationParams
-
-
-class ReasoningStage(_Section):
-    model: ModelParams
-    evaluation: EvaluationParams
-
-
-class RobustnessStage(_Section):
-    model: ModelParams
-    evaluation: EvaluationParams
-    robustness: RobustnessParams
-
-
 class ScalingParams(_Section):
     """Section `scaling`: the data and agents sweeps (scaling.py); the main run is the last point of each."""
 
@@ -373,25 +334,12 @@ class CalibrationParams(_Section):
         return value
 
 
-class OpenEndedStage(_Section):
-    model: ModelParams
-    evaluation: EvaluationParams
-    open_ended: OpenEndedParams
+class Params(_Section):
+    """The whole `params.yaml`: every section is required and checked."""
 
-
-class ScalingStage(_Section):
     model: ModelParams
     data: DataParams
     debate: DebateParams
-    extraction: ExtractionParams
-    sft: SFTParams
-    evaluation: EvaluationParams
-    scaling: ScalingParams
-
-
-class Params(DebateStage):
-    """The whole `params.yaml`: every section is required and checked."""
-
     extraction: ExtractionParams
     sft: SFTParams
     prm: PRMParams
@@ -421,6 +369,23 @@ def validate(raw: dict, schema: type[BaseModel] = Params, source: str = "params"
         return schema.model_validate(raw)
     except ValidationError as error:
         raise ParamsError(_format(error, source)) from None
+
+
+@functools.cache
+def _sections_schema(names: tuple[str, ...]) -> type[BaseModel]:
+    unknown = [name for name in names if name not in Params.model_fields]
+    if unknown:
+        raise ParamsError(f"unknown params section(s) {unknown}; known: {', '.join(Params.model_fields)}")
+    fields = {name: (Params.model_fields[name].annotation, ...) for name in names}
+    return create_model("StageParams", __base__=_Section, **fields)
+
+
+def validate_sections(raw: dict, source: str = "notebook parameters"):
+    """Check the sections a stage receives (a notebook's parameters: `{"model": model, ...}`); the
+    schema is `Params` restricted to those sections, each required, so a stage's list of sections
+    lives in dvc.yaml alone (its parameters cell is written from it by `stages.sync-notebooks`, and
+    tests/test_pipeline.py holds this call's keys to it)."""
+    return validate(raw, _sections_schema(tuple(raw)), source)
 
 
 def machine_problems(params: Params) -> list[str]:

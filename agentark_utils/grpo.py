@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agentark_utils.config import GRPOParams
+from agentark_utils.config import GRPOParams, PRMParams
 from agentark_utils.prompts import question_prompt
 from agentark_utils.runs import fingerprint, path_digest
 from agentark_utils.tasks import Question
@@ -84,11 +84,11 @@ def scorer_dir(scorer) -> str:
 
 def train_grpo(questions: list[Question], student: str, scorer, out_dir: str | Path, params: GRPOParams,
                device: str = "auto", trust_remote_code: bool = False,
-               prm_max_length: int | None = None) -> GRPOResult:
+               prm_params: PRMParams | None = None) -> GRPOResult:
     """Optimise `student` on `questions` against the rewards; save the policy to `out_dir` atomically.
 
     `scorer`: a `prm.StepScorer`, or the directory of a saved PRM (what `launch.train` passes), which
-    then needs `prm_max_length` (`prm.max_length`).
+    then needs `prm_params` (the `prm` section: how the scorer cuts and batches steps).
     """
     import datasets
     from trl import GRPOConfig, GRPOTrainer
@@ -103,13 +103,13 @@ def train_grpo(questions: list[Question], student: str, scorer, out_dir: str | P
     # The reward model is part of what a checkpoint was trained against: a changed PRM restarts.
     resume = prepare_checkpoints(ckpt_dir, fingerprint(path_digest(student), params.model_dump(),
                                                        [q.to_dict() for q in questions], path_digest(scorer_dir(scorer)),
-                                                       prm_max_length))
+                                                       prm_params and prm_params.max_length))
     if isinstance(scorer, (str, Path)):
         from agentark_utils.prm import StepScorer
 
-        if prm_max_length is None:
-            raise ValueError("a PRM directory as scorer needs prm_max_length (prm.max_length)")
-        scorer = StepScorer(str(scorer), device, max_length=prm_max_length, trust_remote_code=trust_remote_code)
+        if prm_params is None:
+            raise ValueError("a PRM directory as scorer needs prm_params (the prm section)")
+        scorer = StepScorer(str(scorer), prm_params, device, trust_remote_code=trust_remote_code)
     funcs, weights = build_rewards({"prm": params.prm_reward_weight, "answer": params.answer_reward_weight},
                                    scorer, params.aggregation)
     use_vllm = torch_device(device).startswith("cuda") and importlib.util.find_spec("vllm") is not None

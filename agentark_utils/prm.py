@@ -327,22 +327,20 @@ def train_prm(traces: list[StepTrace], prompts: dict[str, str], base_model: str,
 class StepScorer:
     """Scores the steps of (prompt, steps) pairs with a saved PRM: sigma(R) per step, in batches.
 
-    `max_length` is `prm.max_length` (config.PRMParams), required so that no default here can
-    differ from the config: steps past it get no score (for GRPO: no reward). `bucket_cost_tokens`
-    defaults to the config's default.
+    Its settings are the `prm` section (config.PRMParams), passed whole so that none has a default
+    here: `max_length` (steps past it get no score; for GRPO, no reward), `score_batch_size` and
+    `bucket_cost_tokens`.
     """
 
-    def __init__(self, prm_dir: str, device: str = "auto", batch_size: int = 16, *, max_length: int,
-                 bucket_cost_tokens: int = PRMParams.model_fields["bucket_cost_tokens"].default,
-                 trust_remote_code: bool = False):
+    def __init__(self, prm_dir: str, params: PRMParams, device: str = "auto", trust_remote_code: bool = False):
         from agentark_utils.training import torch_device
 
         self.prm_dir = prm_dir
         self.model, self.tokenizer = load_prm(prm_dir, trust_remote_code)
         self.device = torch_device(device)
         self.model.to(self.device).eval()
-        self.batch_size, self.max_length = batch_size, max_length
-        self.collate = StepBatchCollator(self.tokenizer.pad_token_id, bucket_cost_tokens)
+        self.batch_size, self.max_length = params.score_batch_size, params.max_length
+        self.collate = StepBatchCollator(self.tokenizer.pad_token_id, params.bucket_cost_tokens)
 
     @torch.no_grad()
     def score(self, prompts: list[str], steps: list[list[str]]) -> list[list[float]]:
@@ -407,7 +405,7 @@ def untrained_scorer(base_model: str, params: PRMParams, device: str = "auto",
     from transformers import set_seed
 
     set_seed(params.seed)
-    return StepScorer(base_model, device, max_length=params.max_length, trust_remote_code=trust_remote_code)
+    return StepScorer(base_model, params, device, trust_remote_code=trust_remote_code)
 
 
 def step_table(traces: list[StepTrace], scores: dict[str, list[list[float]]]) -> pd.DataFrame:

@@ -26,7 +26,7 @@ import pandas as pd
 
 from agentark_utils import debate, launch
 from agentark_utils.backends import make_backend
-from agentark_utils.config import ScalingStage
+from agentark_utils.config import Params
 from agentark_utils.distill import train_sft
 from agentark_utils.evaluation import evaluate_grid
 from agentark_utils.extraction import Example, build_examples, make_selector
@@ -63,11 +63,12 @@ def point_fingerprint(axis: str, strategy: str, x: int, inputs, student: str, se
     return fingerprint(axis, strategy, x, inputs, path_digest(student), dumped)
 
 
-def run_sweep(cfg: ScalingStage, train: list[Question], test: list[Question], examples: dict[str, list[Example]],
+def run_sweep(cfg: Params, train: list[Question], test: list[Question], examples: dict[str, list[Example]],
               test_name: str, out_dir: str | Path, work_dir: str | Path) -> list[dict]:
     """Every point of both axes, answering `test` (named `test_name`): the points already in
     `out_dir/points.jsonl` with a matching fingerprint are kept, the others trained and evaluated.
-    Returns all points; the agents axis's debates go to `out_dir/debates/`."""
+    Returns all points; the agents axis's debates go to `out_dir/debates/`. `cfg` holds the scaling
+    stage's sections of `Params` (config.validate_sections)."""
     out_dir, work_dir = Path(out_dir), Path(work_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     points_file = out_dir / "points.jsonl"
@@ -129,7 +130,7 @@ def run_sweep(cfg: ScalingStage, train: list[Question], test: list[Question], ex
 
 
 def curve_points(points: list[dict], main_run: pd.DataFrame, examples: dict[str, list[Example]],
-                 cfg: ScalingStage, test_name: str) -> pd.DataFrame:
+                 cfg: Params, test_name: str) -> pd.DataFrame:
     """The sweep's points plus each curve's end from the main run (all questions, `debate.n_agents`
     agents; `main_run` is the evaluate stage's accuracy table), sorted by axis, strategy and x."""
     main = main_run[main_run["test_set"] == test_name].set_index("model")

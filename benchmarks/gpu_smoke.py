@@ -332,8 +332,17 @@ def run_sft(part: Part, model_dir: str, device: str, s: dict, work: Path, bf16: 
     part.check((work / "sft" / "config.json").is_file(), "no model saved")
 
 
-def run_prm(part: Part, model_dir: str, device: str, s: dict, work: Path, bf16: bool) -> None:
+def prm_section(s: dict, bf16: bool):
+    """The smoke's `prm` section: the PRM trains with it and GRPO scores with it."""
     from agentark_utils.config import PRMParams
+
+    return PRMParams.model_validate({"stage1_steps": s["prm_stage1"], "stage2_steps": s["prm_stage2"],
+                                     "stage1_learning_rate": 1e-4, "stage2_learning_rate": 1e-5,
+                                     "batch_questions": s["prm_batch_questions"], "bf16": bf16,
+                                     "max_length": PRM_MAX_LENGTH, "save_steps": 10**6, "seed": 0})
+
+
+def run_prm(part: Part, model_dir: str, device: str, s: dict, work: Path, bf16: bool) -> None:
     from transformers import AutoTokenizer
 
     from agentark_utils.prm import train_prm
@@ -341,12 +350,7 @@ def run_prm(part: Part, model_dir: str, device: str, s: dict, work: Path, bf16: 
     from agentark_utils.steps import STEP_SEPARATOR
 
     traces, prompts = prm_data(s["prm_questions"])
-    params = PRMParams.model_validate({"stage1_steps": s["prm_stage1"], "stage2_steps": s["prm_stage2"],
-                                       "stage1_learning_rate": 1e-4, "stage2_learning_rate": 1e-5,
-                                       "batch_questions": s["prm_batch_questions"], "bf16": bf16,
-                                       "max_length": PRM_MAX_LENGTH,
-                                       "save_steps": 10**6, "seed": 0})
-    result = train_prm(traces, prompts, model_dir, work / "prm", params, device=device)
+    result = train_prm(traces, prompts, model_dir, work / "prm", prm_section(s, bf16), device=device)
     values = losses(result.log_history)
     # Tokens per question (its traces: prompt + steps), for the rate over the steps taken.
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -384,7 +388,7 @@ def run_grpo(part: Part, model_dir: str, device: str, s: dict, work: Path, bf16:
                                         "max_completion_length": s["grpo_tokens"], "temperature": 1.0,
                                         "bf16": bf16, "save_steps": 10**6, "seed": 0})
     result = train_grpo(grpo_questions(s["grpo_questions"]), model_dir, str(prm_dir), work / "grpo", params,
-                        device=device, prm_max_length=PRM_MAX_LENGTH)
+                        device=device, prm_params=prm_section(s, bf16))
     values = losses(result.log)
     rewards = losses(result.log, "reward_mean")
     tokens = sum(row.get("completion_length", 0) * s["grpo_batch"] for row in result.log)

@@ -108,6 +108,18 @@ def test_every_bad_key_is_reported_at_once():
         validate(params)
 
 
+def test_a_stage_validates_the_sections_it_receives_and_no_other():
+    from agentark_utils.config import validate_sections
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    cfg = validate_sections({"model": params["model"], "sft": params["sft"]})
+    assert set(type(cfg).model_fields) == {"model", "sft"} and cfg.sft.learning_rate == params["sft"]["learning_rate"]
+    with pytest.raises(ParamsError, match=r"unknown params section\(s\) \['sfft'\]"):
+        validate_sections({"model": params["model"], "sfft": params["sft"]})
+    with pytest.raises(ParamsError, match=r"notebook parameters: 1 invalid parameter\(s\):\n  - sft.epochs"):
+        validate_sections({"model": params["model"], "sft": {**params["sft"], "epochs": -1}})
+
+
 def test_params_file_errors(tmp_path):
     with pytest.raises(ParamsError, match="no such params file"):
         load_params(tmp_path / "missing.yaml")

@@ -10,6 +10,7 @@ from agentark_utils.prm import StepScorer, load_prm
 from agentark_utils.tasks import Question
 
 QUESTIONS = [Question(f"q{i}", "t", f"What is {i} + 1?", str(i + 1), "number") for i in range(4)]
+PRM_PARAMS = PRMParams(stage1_steps=1, stage2_steps=0, stage1_learning_rate=1e-3, stage2_learning_rate=1e-3)
 
 
 def test_prompt_rows_carry_the_evaluation_prompt_and_the_question():
@@ -24,7 +25,7 @@ def test_two_grpo_steps_update_the_policy_and_log_each_step(tiny_model_dir, tmp_
     prm, tok = load_prm(str(tiny_model_dir))
     prm.save_pretrained(tmp_path / "prm")
     tok.save_pretrained(tmp_path / "prm")
-    scorer = StepScorer(str(tmp_path / "prm"), device="cpu", max_length=512)
+    scorer = StepScorer(str(tmp_path / "prm"), PRM_PARAMS, device="cpu")
     params = GRPOParams(steps=2, group_size=2, batch_size=4, learning_rate=1e-2, max_completion_length=8,
                         temperature=1.0, answer_reward_weight=0.5, bf16=False)
     result = train_grpo(QUESTIONS, str(tiny_model_dir), scorer, tmp_path / "pad", params, device="cpu")
@@ -38,8 +39,8 @@ def test_two_grpo_steps_update_the_policy_and_log_each_step(tiny_model_dir, tmp_
     assert not (tmp_path / "pad.checkpoints").exists() and not result.used_vllm
 
 
-def test_a_prm_directory_is_scored_at_prm_max_length(tiny_model_dir, tmp_path, monkeypatch):
-    """train_grpo builds the scorer of a PRM directory (launch.train's case) with prm.max_length."""
+def test_a_prm_directory_is_scored_with_the_prm_section(tiny_model_dir, tmp_path, monkeypatch):
+    """train_grpo builds the scorer of a PRM directory (launch.train's case) from the prm section."""
     from agentark_utils import prm
 
     built = {}
@@ -47,20 +48,19 @@ def test_a_prm_directory_is_scored_at_prm_max_length(tiny_model_dir, tmp_path, m
     class Built(Exception):
         pass
 
-    def recording_scorer(prm_dir, device, **kwargs):
-        built.update(kwargs, prm_dir=prm_dir)
+    def recording_scorer(prm_dir, params, device, **kwargs):
+        built.update(kwargs, prm_dir=prm_dir, params=params)
         raise Built  # what follows is the GRPO run, tested above
 
     monkeypatch.setattr(prm, "StepScorer", recording_scorer)
     params = GRPOParams(steps=1, group_size=2, batch_size=2, learning_rate=1e-2, max_completion_length=8,
                         temperature=1.0, bf16=False)
-    length = PRMParams(stage1_steps=1, stage2_steps=0, stage1_learning_rate=1e-3, stage2_learning_rate=1e-3,
-                       max_length=2048).max_length
+    section = PRM_PARAMS.model_copy(update={"max_length": 2048})
     with pytest.raises(Built):
         train_grpo(QUESTIONS, str(tiny_model_dir), str(tmp_path / "prm"), tmp_path / "pad", params, device="cpu",
-                   prm_max_length=length)
-    assert built["prm_dir"] == str(tmp_path / "prm") and built["max_length"] == 2048
-    with pytest.raises(ValueError, match="prm_max_length"):
+                   prm_params=section)
+    assert built["prm_dir"] == str(tmp_path / "prm") and built["params"] is section
+    with pytest.raises(ValueError, match="prm_params"):
         train_grpo(QUESTIONS, str(tiny_model_dir), str(tmp_path / "prm"), tmp_path / "pad", params, device="cpu")
 
 
@@ -108,7 +108,7 @@ def test_one_epoch_sees_every_prompt_and_reports_it(tiny_model_dir, tmp_path, mo
                         prm_reward_weight=0.0, answer_reward_weight=1.0, bf16=False)
     questions = QUESTIONS + [Question("q4", "t", "What is 4 + 1?", "5", "number")]
     result = train_grpo(questions, str(tiny_model_dir), str(tmp_path / "prm"), tmp_path / "pad", params,
-                        device="cpu", prm_max_length=512)
+                        device="cpu", prm_params=PRM_PARAMS)
     assert set(seen) == {q.id for q in questions} and len(seen) == 3 * 4  # 3 steps x 4 completions
     assert (result.steps, result.n_prompts, result.prompts_seen, result.epochs_covered) == (3, 5, 6, 1.0)
     expected = sum(1 - row["frac_zero_std_groups"] for row in result.log) / 3

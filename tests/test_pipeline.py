@@ -66,8 +66,8 @@ def _params(name: str) -> list[str]:
 
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_the_notebook_validates_and_declares_the_sections_dvc_tracks(name):
-    """dvc.yaml names a stage's params sections (STAGES reads them from it); the schema the notebook
-    validates with (config.<X>Stage) and its parameters cell hold those sections and no other."""
+    """dvc.yaml names a stage's params sections (STAGES reads them from it); the notebook's
+    parameters cell and the sections it validates (config.validate_sections) are those and no other."""
     from agentark_utils import config
 
     stage = STAGES[name]
@@ -75,11 +75,16 @@ def test_the_notebook_validates_and_declares_the_sections_dvc_tracks(name):
     parameters = next("".join(c["source"]) for c in cells if "parameters" in c["metadata"].get("tags", []))
     declared = {node.targets[0].id for node in ast.parse(parameters).body if isinstance(node, ast.Assign)}
     assert declared & set(config.Params.model_fields) == set(stage.sections)
-    schema = re.search(r"config\.validate\(.*?config\.(\w+)", "".join("".join(c["source"]) for c in cells), re.S)
+    code = "\n".join("".join(c["source"]) for c in cells)
+    calls = [node for node in ast.walk(ast.parse(code)) if isinstance(node, ast.Call)
+             and isinstance(node.func, ast.Attribute) and node.func.attr.startswith("validate")]
     if stage.sections:
-        assert set(getattr(config, schema.group(1)).model_fields) == set(stage.sections)
+        (call,) = calls
+        assert call.func.attr == "validate_sections"
+        assert [key.value for key in call.args[0].keys] == [name.id for name in call.args[0].values]
+        assert set(key.value for key in call.args[0].keys) == set(stage.sections)
     else:
-        assert schema is None
+        assert calls == []
 
 
 def test_stages_come_from_dvc_yaml(tmp_path):
@@ -123,7 +128,7 @@ def model_keys_read(notebook: str) -> set[str] | None:
     `cfg.model` whole to a function, or reads the raw `model` parameter outside `config.validate`."""
     code = "\n".join("".join(c["source"]) for c in json.loads((ROOT / notebook).read_text())["cells"]
                      if c["cell_type"] == "code" and "parameters" not in c["metadata"].get("tags", []))
-    validated = re.sub(r"config\.validate\(\{[^}]*\}", "", code)  # where the raw sections go in
+    validated = re.sub(r"config\.validate_sections\(\{[^}]*\}", "", code)  # where the raw sections go in
     whole = r"\bcfg\b(?!\.|\s*=[^=])|\bcfg\.model\b(?!\.)|(?<![.\w])model\s*[\[.]"  # cfg passed, cfg.model passed, model[...]
     if re.search(whole, validated):
         return None

@@ -184,8 +184,10 @@ def test_scorer_is_batch_invariant_and_feeds_the_evaluation(tiny_model_dir, tmp_
     model, tok = load_prm(str(tiny_model_dir))
     model.save_pretrained(tmp_path / "prm")
     tok.save_pretrained(tmp_path / "prm")
-    alone = StepScorer(str(tmp_path / "prm"), device="cpu", batch_size=1, max_length=512)
-    together = StepScorer(str(tmp_path / "prm"), device="cpu", batch_size=8, max_length=512)
+    params = PRMParams(stage1_steps=1, stage2_steps=0, stage1_learning_rate=1e-3, stage2_learning_rate=1e-3)
+    alone = StepScorer(str(tmp_path / "prm"), params.model_copy(update={"score_batch_size": 1}), device="cpu")
+    together = StepScorer(str(tmp_path / "prm"), params.model_copy(update={"score_batch_size": 8}), device="cpu")
+    assert (alone.batch_size, together.batch_size) == (1, 8)
     args = ([prompts[t.question_id] for t in traces], [t.steps for t in traces])
     a, b = alone.score(*args), together.score(*args)
     assert [len(s) for s in a] == [len(t.steps) for t in traces]
@@ -198,18 +200,18 @@ def test_scorer_is_batch_invariant_and_feeds_the_evaluation(tiny_model_dir, tmp_
 
 
 def test_scorer_length_is_the_configured_one(tiny_model_dir, tmp_path):
-    """No default of its own (it was 1024): a long completion's final-answer step is scored at prm.max_length."""
+    """No default of its own (it was 1024): a long completion's final-answer step is scored at prm.max_length,
+    which the scorer takes from the prm section it is given whole."""
     model, tok = load_prm(str(tiny_model_dir))
     model.save_pretrained(tmp_path / "prm")
     tok.save_pretrained(tmp_path / "prm")
-    with pytest.raises(TypeError, match="max_length"):
-        StepScorer(str(tmp_path / "prm"), device="cpu")
     steps = [" ".join(["seven"] * 300) + f" so step {i}" for i in range(4)] + ["Final Answer: 7"]  # > 1024 tokens
     params = PRMParams(stage1_steps=1, stage2_steps=0, stage1_learning_rate=1e-3, stage2_learning_rate=1e-3,
                        max_length=2048)
-    (scores,) = StepScorer(str(tmp_path / "prm"), device="cpu", max_length=params.max_length).score(["Q?"], [steps])
+    (scores,) = StepScorer(str(tmp_path / "prm"), params, device="cpu").score(["Q?"], [steps])
     assert len(scores) == 5
-    (cut,) = StepScorer(str(tmp_path / "prm"), device="cpu", max_length=1024).score(["Q?"], [steps])
+    short = params.model_copy(update={"max_length": 1024})
+    (cut,) = StepScorer(str(tmp_path / "prm"), short, device="cpu").score(["Q?"], [steps])
     assert len(cut) < 5
 
 

@@ -64,8 +64,8 @@ def sweep_config(**scaling):
 
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     sections = {k: params[k] for k in ("model", "data", "debate", "extraction", "sft", "evaluation")}
-    return config.validate({**sections, "scaling": {"strategies": ["da"], "fractions": [0.5], "agents": [], "seed": 0,
-                                                    **scaling}}, config.ScalingStage)
+    return config.validate_sections({**sections, "scaling": {"strategies": ["da"], "fractions": [0.5], "agents": [],
+                                                             "seed": 0, **scaling}})
 
 
 @pytest.fixture
