@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Literal, NamedTuple
 
-from agentark_utils.tasks import Question
+from agentark_utils.tasks import OPTION_LETTERS, Question
 
 Status = Literal["correct", "wrong", "unparsed"]
 EXTRACTORS: dict[str, Callable[[str], str | None]] = {}
@@ -188,7 +188,7 @@ def stated_letter(candidate: str, n_options: int) -> str | None:
     for pattern in _LETTER_PATTERNS:
         match = pattern.search(candidate)
         # A letter past the options ('E' of four) is no answer to this question.
-        if match and "ABCDEFGHIJ".index(match.group(1).upper()) < n_options:
+        if match and OPTION_LETTERS.index(match.group(1).upper()) < n_options:
             return match.group(1).upper()
     return None
 
@@ -233,10 +233,6 @@ class Grade:
     status: Status  # flexible: the answer any filter read
     extractor: str | None  # the filter that read the answer; None when unparsed
     strict_status: Status  # only an answer on a final-answer line counts; others are unparsed
-
-    @property
-    def correct(self) -> bool:
-        return self.status == "correct"
 
 
 @lru_cache(maxsize=None)

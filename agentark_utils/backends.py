@@ -79,6 +79,26 @@ class Backend(Protocol):
     def generate(self, conversations: list[Conversation], *, temperature: float, max_new_tokens: int,
                  seed: int, desc: str = "generate") -> list[Generation]: ...
 
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Backend: ...
+
+    def __exit__(self, *exc) -> None: ...
+
+
+class _Closing:
+    """`with make_backend(...) as backend:` closes the backend when the block ends. `del` is not
+    enough: a vLLM engine keeps its GPU memory and distributed state until shut down."""
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def row_seeds(conversations: list[Conversation], seed: int) -> list[int]:
     """One sampling seed per conversation, from the call's seed and the conversation itself.
@@ -208,7 +228,7 @@ def decode_batch(model, prompts: list[list[int]], *, pad_id: int, max_new_tokens
     return new
 
 
-class HFBackend:
+class HFBackend(_Closing):
     """transformers generation, batched: all conversations of a call go through in batches."""
 
     name = "hf"
@@ -257,6 +277,21 @@ class HFBackend:
         bar.close()
         return results
 
+    def close(self) -> None:
+        """Drop the model, so the next one can load in its place."""
+        model, self.model = self.model, None
+        if model is None:
+            return
+        on_cuda = getattr(getattr(model, "device", None), "type", None) == "cuda"
+        del model
+        if on_cuda:
+            import gc
+
+            import torch
+
+            gc.collect()  # reference cycles can still hold the weights
+            torch.cuda.empty_cache()  # hand the cached blocks back, for a vLLM engine or another process
+
 
 def generation_bar(iterable=None, *, total: int | None = None, desc: str = "generate") -> tqdm:
     """The progress bar of one generation call, often inside a caller's bar (the debate's questions).
@@ -269,7 +304,7 @@ def generation_bar(iterable=None, *, total: int | None = None, desc: str = "gene
                 position=None if sys.stderr.isatty() else 0)
 
 
-class VLLMBackend:
+class VLLMBackend(_Closing):
     """vLLM offline inference (GPU). Imported lazily: nothing on the CPU path needs vllm.
 
     One engine, split over `tensor_parallel_size` GPUs, with prefix caching on: the agents of a
@@ -303,6 +338,21 @@ class VLLMBackend:
         return [_generation(o.outputs[0].text, len(o.prompt_token_ids), len(o.outputs[0].token_ids), latency,
                             "length" if o.outputs[0].finish_reason == "length" else "stop")
                 for o in outputs]
+
+    def close(self) -> None:
+        """Shut the engine down and free its GPU memory, as vLLM's own test runner does (drop the
+        `LLM`, then `cleanup_dist_env_and_memory`). Dropping it alone leaves the engine core (its own
+        process in vLLM V1), the model-parallel groups and the cached blocks alive."""
+        llm, self.llm = self.llm, None
+        if llm is None:
+            return
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if hasattr(core, "shutdown"):
+            core.shutdown()  # stops the engine-core process and its workers now, not whenever gc runs
+        del llm, core
+        from vllm.distributed import cleanup_dist_env_and_memory
+
+        cleanup_dist_env_and_memory()  # model-parallel groups, process group, gc, CUDA cache
 
 
 def _retryable(error: Exception) -> bool:
@@ -346,7 +396,7 @@ class _Call:
         return self.closed or self.error is not None or self.remaining == 0
 
 
-class OpenAIBackend:
+class OpenAIBackend(_Closing):
     """OpenAI-compatible chat servers: one, or several replicas (`vllm serve` on one node or many).
 
     Each endpoint has `concurrency` requests in flight at most, and a conversation goes to whichever
@@ -482,6 +532,13 @@ class OpenAIBackend:
         for slot in slots:
             slot.join()
         return call.results
+
+    def close(self) -> None:
+        """Close each endpoint's HTTP connections."""
+        for endpoint in self.endpoints:
+            close = getattr(endpoint.client, "close", None)
+            if close is not None:
+                close()
 
 
 def make_backend(params: ModelParams, role: str = "teacher") -> Backend:

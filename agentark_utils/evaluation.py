@@ -19,14 +19,14 @@ def greedy_answers(models: dict[str, str], prompts: list[str], model_params: Mod
                    seed: int = 0, desc: str = "answer") -> dict[str, list[Generation]]:
     """Each model answers every prompt once, greedily, in one batched call: {model name: generations}.
 
-    A model is loaded once and freed before the next one loads.
+    A model is loaded once and closed (its memory freed, a vLLM engine shut down) before the next
+    one loads.
     """
     answers = {}
     for name, ref in models.items():
-        backend = make_backend(model_params.model_copy(update={"student": ref}), role="student")
-        answers[name] = backend.generate([[{"role": "user", "content": p}] for p in prompts], temperature=0.0,
-                                         max_new_tokens=max_new_tokens, seed=seed, desc=f"{desc} {name}")
-        del backend
+        with make_backend(model_params.model_copy(update={"student": ref}), role="student") as backend:
+            answers[name] = backend.generate([[{"role": "user", "content": p}] for p in prompts], temperature=0.0,
+                                             max_new_tokens=max_new_tokens, seed=seed, desc=f"{desc} {name}")
     return answers
 
 

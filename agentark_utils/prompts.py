@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from agentark_utils.tasks import Question
+from agentark_utils.tasks import OPTION_LETTERS, Question
 
 # "a blank line between steps" is steps.STEP_SEPARATOR: the PRM and GRPO cut traces there.
 INSTRUCTIONS = {
@@ -29,7 +29,7 @@ def question_body(q: Question) -> str:
     """The question with its options, if it has any."""
     if not q.choices:
         return q.question
-    return q.question + "\n" + "\n".join(f"{'ABCDEFGHIJ'[i]}. {c}" for i, c in enumerate(q.choices))
+    return q.question + "\n" + "\n".join(f"{OPTION_LETTERS[i]}. {c}" for i, c in enumerate(q.choices))
 
 
 def question_prompt(q: Question) -> str:

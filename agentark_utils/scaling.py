@@ -110,16 +110,17 @@ def run_sweep(cfg: Params, train: list[Question], test: list[Question], examples
             train_and_evaluate("data", x, strategy, subset)
             done.add(("data", strategy, x))  # two fractions can round to the same questions
 
-    backend = None
     for n_agents in cfg.scaling.agents:
         missing = [s for s in cfg.scaling.strategies if ("agents", s, n_agents) not in done]
         if not missing:
             continue
-        backend = backend or make_backend(cfg.model, role="teacher")
-        debated = debate.run_debate({"train": train}, backend, sweeps[n_agents],
-                                    out_dir / "debates" / f"{n_agents}-agents.jsonl", sweep_ids[n_agents])
-        selector = make_selector(cfg.extraction, teacher=lambda: backend)
-        sweep_examples = build_examples(debated, cfg.extraction.min_correct, cfg.extraction.k, selector)
+        # The teacher is closed before any student trains or is evaluated: a vLLM engine holds its
+        # GPU memory until shut down, and a student would not fit beside it.
+        with make_backend(cfg.model, role="teacher") as backend:
+            debated = debate.run_debate({"train": train}, backend, sweeps[n_agents],
+                                        out_dir / "debates" / f"{n_agents}-agents.jsonl", sweep_ids[n_agents])
+            selector = make_selector(cfg.extraction, teacher=lambda: backend)
+            sweep_examples = build_examples(debated, cfg.extraction.min_correct, cfg.extraction.k, selector)
         for strategy in missing:
             if sweep_examples[strategy]:
                 train_and_evaluate("agents", n_agents, strategy, sweep_examples[strategy])

@@ -444,6 +444,57 @@ def test_vllm_backend_runs_one_tensor_parallel_engine_with_prefix_caching(monkey
     assert [g.finish_reason for g in gens] == ["stop", "length"]
 
 
+def fake_vllm(monkeypatch, events: list) -> type:
+    """A stand-in `vllm` whose engine records its shutdown and vLLM's distributed cleanup."""
+    core = SimpleNamespace(shutdown=lambda: events.append("engine core shut down"))
+
+    class LLM:
+        def __init__(self, **kwargs):
+            self.llm_engine = SimpleNamespace(engine_core=core)
+            events.append("engine made")
+
+    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=LLM, SamplingParams=SimpleNamespace))
+    monkeypatch.setitem(sys.modules, "vllm.distributed", SimpleNamespace(
+        cleanup_dist_env_and_memory=lambda: events.append("distributed state and memory cleaned up")))
+    return LLM
+
+
+def test_closing_the_vllm_backend_shuts_its_engine_down(monkeypatch, tiny_model_dir):
+    """`del` leaves a vLLM engine's GPU memory taken: close() shuts the engine core down and cleans
+    up vLLM's distributed state and memory, once, also when left by a `with` block."""
+    events = []
+    fake_vllm(monkeypatch, events)
+    with make_backend(ModelParams(teacher=str(tiny_model_dir), student="x", backend="vllm")) as backend:
+        assert isinstance(backend, VLLMBackend) and events == ["engine made"]
+    assert events == ["engine made", "engine core shut down", "distributed state and memory cleaned up"]
+    assert backend.llm is None  # no reference left to the engine
+    backend.close()
+    assert len(events) == 3  # closing again does nothing
+
+
+def test_closing_the_hf_backend_drops_its_model_and_empties_the_cuda_cache_only_on_cuda(monkeypatch):
+    import torch
+
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    for device, expected in (("cpu", []), ("cuda", [True])):
+        backend = HFBackend.__new__(HFBackend)  # no weights needed to test the release
+        backend.model = SimpleNamespace(device=torch.device(device))
+        with backend:
+            pass
+        assert backend.model is None and emptied == expected
+        backend.close()  # again: nothing left to release
+        assert emptied == expected
+
+
+def test_closing_the_openai_backend_closes_its_http_clients():
+    backend = OpenAIBackend("m", base_url=["http://127.0.0.1:9/v1", "http://127.0.0.1:10/v1"])  # never contacted
+    assert not any(e.client.is_closed() for e in backend.endpoints)
+    with backend:
+        pass
+    assert all(e.client.is_closed() for e in backend.endpoints)
+
+
 @pytest.mark.parametrize("raw, thinking, answer", [
     ("Final Answer: 5", "", "Final Answer: 5"),
     ("<think>\n2 + 3 is 5\n</think>\n\nFinal Answer: 5", "2 + 3 is 5", "Final Answer: 5"),

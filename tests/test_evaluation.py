@@ -81,3 +81,41 @@ def test_greedy_answers_one_generation_per_prompt_per_model(tiny_model_dir):
     assert list(answers) == ["a", "b"] and all(len(gens) == 3 for gens in answers.values())
     assert [g.text for g in answers["a"]] == [g.text for g in answers["b"]]  # the same weights, greedy
     assert all(1 <= g.completion_tokens <= 4 for g in answers["a"])
+
+
+def test_each_model_is_closed_before_the_next_one_loads(monkeypatch):
+    """A vLLM engine keeps its GPU memory until shut down (`del` does not): one model's backend is
+    closed before the next one is made, also when generating fails."""
+    from agentark_utils import evaluation
+    from agentark_utils.backends import Generation
+
+    events = []
+
+    class StandIn:
+        def __init__(self, model):
+            self.model = model
+            events.append(("made", model))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.close()
+
+        def close(self):
+            events.append(("closed", self.model))
+
+        def generate(self, conversations, **kwargs):
+            if self.model == "broken":
+                raise RuntimeError("out of memory")
+            return [Generation(self.model, 1, 1, 0.0) for _ in conversations]
+
+    monkeypatch.setattr(evaluation, "make_backend", lambda params, role: StandIn(getattr(params, role)))
+    params = ModelParams(teacher="t", student="unused")
+    answers = greedy_answers({"a": "model-a", "b": "model-b"}, ["1 + 1?"], params, max_new_tokens=4)
+    assert {name: [g.text for g in gens] for name, gens in answers.items()} == {"a": ["model-a"], "b": ["model-b"]}
+    assert events == [("made", "model-a"), ("closed", "model-a"), ("made", "model-b"), ("closed", "model-b")]
+    events.clear()
+    with pytest.raises(RuntimeError, match="out of memory"):
+        greedy_answers({"a": "broken"}, ["1 + 1?"], params, max_new_tokens=4)
+    assert events == [("made", "broken"), ("closed", "broken")]

@@ -135,13 +135,21 @@ def test_the_agents_axis_debates_again_and_trains_what_extraction_kept(tmp_path,
     from agentark_utils import scaling
     from agentark_utils.tasks import Question
 
-    debates = []
+    debates, teacher = [], []
+
+    class Teacher:
+        def __enter__(self):
+            teacher.append("made")
+            return self
+
+        def __exit__(self, *exc):
+            teacher.append(f"closed before training {len(stand_ins)} students")
 
     def run_debate(splits, backend, cfg, path, run_id):
         debates.append((sorted(splits), cfg.n_agents, cfg.self_consistency_samples, Path(path).name))
         return ["records"]
 
-    monkeypatch.setattr(scaling, "make_backend", lambda model, role: object())
+    monkeypatch.setattr(scaling, "make_backend", lambda model, role: Teacher())
     monkeypatch.setattr(scaling.debate, "run_debate", run_debate)
     monkeypatch.setattr(scaling, "build_examples", lambda records, *args: {"da": rows(2), "rsft": []})
     train = [Question(id="q0", task="arith_mix", question="2+2", answer="4", answer_format="number")]
@@ -153,3 +161,5 @@ def test_the_agents_axis_debates_again_and_trains_what_extraction_kept(tmp_path,
     agents = [(p["strategy"], p["x"], p["n_questions"]) for p in points if p["axis"] == "agents"]
     assert agents == [("da", 2, 2)]  # rsft kept nothing on the new debate: no point
     assert len(stand_ins) == 3  # da and rsft on half the questions, da on the 2-agent debate
+    # the teacher frees its GPU memory (a vLLM engine) before the agents axis's students train
+    assert teacher == ["made", "closed before training 2 students"]
