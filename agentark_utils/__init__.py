@@ -17,6 +17,7 @@ One module per concept of the paper (arXiv 2602.03955):
 - ``runs``      content fingerprints: what a stored result was made from, and resume that never reuses a stale one
 - ``plots``     the seaborn figures
 - ``stages``    runs a stage's notebook with Papermill after validating params.yaml
+- ``results_diff`` what two results trees differ in, apart from timings (a refactor's check)
 """
 
 __version__ = "0.1.0"

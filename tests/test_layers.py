@@ -20,7 +20,7 @@ LAYERS = [
     ["debate", "extraction", "evaluation", "robustness", "open_ended", "perplexity", "rewards", "prm", "distill",
      "grpo", "scaling"],
     # what runs the stages
-    ["stages", "calibration"],
+    ["stages", "calibration", "results_diff"],
 ]
 LAYER = {module: rank for rank, modules in enumerate(LAYERS) for module in modules}
 
