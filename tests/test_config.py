@@ -118,6 +118,8 @@ def test_a_stage_validates_the_sections_it_receives_and_no_other():
         validate_sections({"model": params["model"], "sfft": params["sft"]})
     with pytest.raises(ParamsError, match=r"notebook parameters: 1 invalid parameter\(s\):\n  - sft.epochs"):
         validate_sections({"model": params["model"], "sft": {**params["sft"], "epochs": -1}})
+    with pytest.raises(ParamsError, match="expected a mapping of sections, got list"):
+        validate_sections(["model", "sft"])
 
 
 def test_params_file_errors(tmp_path):

@@ -188,6 +188,9 @@ def test_scorer_is_batch_invariant_and_feeds_the_evaluation(tiny_model_dir, tmp_
     alone = StepScorer(str(tmp_path / "prm"), params.model_copy(update={"score_batch_size": 1}), device="cpu")
     together = StepScorer(str(tmp_path / "prm"), params.model_copy(update={"score_batch_size": 8}), device="cpu")
     assert (alone.batch_size, together.batch_size) == (1, 8)
+    assert alone.collate.bucket_cost_tokens == params.bucket_cost_tokens
+    assert StepScorer(str(tmp_path / "prm"), params.model_copy(update={"bucket_cost_tokens": 7}),
+                      device="cpu").collate.bucket_cost_tokens == 7
     args = ([prompts[t.question_id] for t in traces], [t.steps for t in traces])
     a, b = alone.score(*args), together.score(*args)
     assert [len(s) for s in a] == [len(t.steps) for t in traces]
