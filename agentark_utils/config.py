@@ -385,9 +385,8 @@ def validate_sections(raw: dict, source: str = "notebook parameters"):
     schema is `Params` restricted to those sections, each required, so a stage's list of sections
     lives in dvc.yaml alone (its parameters cell is written from it by `stages.sync-notebooks`, and
     tests/test_pipeline.py holds this call's keys to it)."""
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
-    return validate(raw, _sections_schema(tuple(raw)), source)
+    schema = _sections_schema(tuple(raw)) if isinstance(raw, dict) else Params  # validate names a non-mapping
+    return validate(raw, schema, source)
 
 
 def machine_problems(params: Params) -> list[str]:
