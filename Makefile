@@ -16,7 +16,7 @@ UV := uv==0.13.9
 # DVC stage commands call `python`: make it the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup lab lock repro test calibrate bench bench-pipeline llama-server clean-venv gpu-wheels gpu-smoke
+.PHONY: setup lab lock repro test calibrate calibrate-pad bench bench-pipeline llama-server clean-venv gpu-wheels gpu-smoke
 
 setup: $(STAMP)
 
@@ -61,6 +61,13 @@ calibrate: setup
 	dvc repro provision_model
 	python -m agentark_utils.calibration run
 	python -m agentark_utils.calibration report
+
+# PAD's step size (params.yaml `pad_validation.learning_rates`): each rate a DVC experiment of the
+# pad_validation stage (PRM, GRPO, then base and PAD on held-out questions), then the table and figure.
+calibrate-pad: setup
+	dvc repro provision_model
+	python -m agentark_utils.calibration pad-run
+	python -m agentark_utils.calibration pad-report
 
 # Speed and cost figures (README "Performance"): prints them, writes results/benchmarks/*.json.
 bench: setup

@@ -16,11 +16,19 @@ notebooks/11_calibration.ipynb.
     python -m agentark_utils.calibration report     # dvc exp show --json, then the notebook
                                                     # (--rev COMMIT: a sweep run before later commits)
 (`make calibrate` does both.)
+
+The second sweep chooses PAD's GRPO step size the same way: one DVC experiment of the
+`pad_validation` stage per `pad_validation.learning_rates` value (it retrains the PRM and the PAD
+student, then the base and PAD answer held-out questions no stage debates or tests).
+
+    python -m agentark_utils.calibration pad-run      # make calibrate-pad does both
+    python -m agentark_utils.calibration pad-report   # results/calibration/pad_sweep.csv and .png
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import signal
@@ -33,6 +41,7 @@ import pandas as pd
 import yaml
 
 from agentark_utils.config import CalibrationParams, ParamsError, load_params
+from agentark_utils.metrics import wilson_ci
 
 # What every calibration run fixes, whatever the setting: held-out questions only.
 FIXED = {"data.n_train": 0, "data.ood_tasks": [], "data.ood_paths": {}, "debate.self_consistency_samples": 1}
@@ -41,6 +50,10 @@ FIXED = {"data.n_train": 0, "data.ood_tasks": [], "data.ood_paths": {}, "debate.
 SECTIONS = ("model", "data", "debate")
 DEBATE_DIR = Path("results/debate")
 METRICS_FILE = f"{DEBATE_DIR}/metrics.json"
+# The step-size sweep: what the pad and pad_validation stages read, and where the second writes.
+PAD_SECTIONS = ("model", "data", "prm", "grpo", "evaluation", "pad_validation")
+PAD_METRICS_FILE = "results/pad_validation/metrics.json"
+PAD_PREFIX = "pad-lr-"
 
 
 def _yaml_value(value) -> str:
@@ -61,16 +74,16 @@ def overrides(setting: dict, calibration: CalibrationParams) -> list[str]:
     return [f"{key}={_yaml_value(value)}" for key, value in setting_values(setting, calibration).items()]
 
 
-def finished(exp_show: list, prefix: str = "calibration-") -> dict[str, dict]:
-    """Name -> params.yaml of every calibration experiment in `dvc exp show --json` that wrote its metrics."""
+def finished(exp_show: list, prefix: str = "calibration-", metrics_file: str = METRICS_FILE) -> dict[str, dict]:
+    """Name -> params.yaml of every experiment named `prefix`* in `dvc exp show --json` that wrote its metrics."""
     return {exp["name"]: exp["data"]["params"]["params.yaml"]["data"] for exp in _experiments(exp_show)
             if str(exp["name"]).startswith(prefix)
-            and (exp["data"].get("metrics") or {}).get(METRICS_FILE, {}).get("data")}
+            and (exp["data"].get("metrics") or {}).get(metrics_file, {}).get("data")}
 
 
-def experiment_params(params: dict, values: dict) -> dict:
-    """The `SECTIONS` of params.yaml (a dict as read) as one setting's experiment runs them."""
-    sections = {section: dict(params[section]) for section in SECTIONS}
+def experiment_params(params: dict, values: dict, names: tuple[str, ...] = SECTIONS) -> dict:
+    """The sections `names` of params.yaml (a dict as read) as one setting's experiment runs them."""
+    sections = {section: dict(params[section]) for section in names}
     for key, value in values.items():
         section, _, name = key.partition(".")
         sections[section][name] = value
@@ -87,32 +100,61 @@ def experiment_name(index: int) -> str:
     return f"calibration-{index:02d}"
 
 
+@contextlib.contextmanager
+def _restoring(paths: tuple[str, ...] = ("params.yaml", "dvc.lock")):
+    """Put `paths` back as they were when the block ends, however it ends (experiments run in the
+    workspace and leave their params and lock there)."""
+    backup = {path: Path(path).read_bytes() for path in paths if Path(path).exists()}
+    try:
+        yield
+    finally:
+        for path, content in backup.items():
+            Path(path).write_bytes(content)
+
+
 def run_sweep(params_path: str = "params.yaml") -> None:
     """Run every setting as a DVC experiment of the debate stage, one after the other, in the
     workspace; params.yaml, dvc.lock and the main run's debate outputs are restored afterwards (the
     experiments resume from, and rewrite, the same persisted records file)."""
     calibration = load_params(params_path).calibration
-    backup = {path: Path(path).read_bytes() for path in ("params.yaml", "dvc.lock") if Path(path).exists()}
     saved = Path(tempfile.mkdtemp(prefix="calibration-"))
     if DEBATE_DIR.exists():
         shutil.copytree(DEBATE_DIR, saved / "debate")
     raw, done = yaml.safe_load(Path(params_path).read_text()), finished(_exp_show())
     try:
-        for index, setting in enumerate(calibration.settings):
-            name = experiment_name(index)
-            print(f"calibration {index + 1}/{len(calibration.settings)}: {setting}", flush=True)
-            if already_ran(experiment_params(raw, setting_values(setting, calibration)), done.get(name)):
-                print(f"  finished before as {name}: skipped", flush=True)
-                continue
-            args = [arg for override in overrides(setting, calibration) for arg in ("-S", override)]
-            subprocess.run(["dvc", "exp", "run", "debate", "--force", "-n", name, *args], check=True)
+        with _restoring():
+            for index, setting in enumerate(calibration.settings):
+                name = experiment_name(index)
+                print(f"calibration {index + 1}/{len(calibration.settings)}: {setting}", flush=True)
+                if already_ran(experiment_params(raw, setting_values(setting, calibration)), done.get(name)):
+                    print(f"  finished before as {name}: skipped", flush=True)
+                    continue
+                args = [arg for override in overrides(setting, calibration) for arg in ("-S", override)]
+                subprocess.run(["dvc", "exp", "run", "debate", "--force", "-n", name, *args], check=True)
     finally:
-        for path, content in backup.items():
-            Path(path).write_bytes(content)
         if (saved / "debate").exists():
             shutil.rmtree(DEBATE_DIR, ignore_errors=True)
             shutil.copytree(saved / "debate", DEBATE_DIR)
         shutil.rmtree(saved, ignore_errors=True)
+
+
+def run_pad_sweep(params_path: str = "params.yaml") -> None:
+    """One DVC experiment of the pad_validation stage per `pad_validation.learning_rates` value
+    (`pad-lr-00`, ...), each retraining the PRM and the PAD student; a rate that finished before
+    with the same sections is skipped. params.yaml and dvc.lock are restored afterwards, and the
+    main run's pad outputs checked out again from the cache."""
+    rates = load_params(params_path).pad_validation.learning_rates
+    raw, done = yaml.safe_load(Path(params_path).read_text()), finished(_exp_show(), PAD_PREFIX, PAD_METRICS_FILE)
+    with _restoring():
+        for index, rate in enumerate(rates):
+            name = f"{PAD_PREFIX}{index:02d}"
+            print(f"PAD step size {index + 1}/{len(rates)}: grpo.learning_rate={rate}", flush=True)
+            if already_ran(experiment_params(raw, {"grpo.learning_rate": rate}, PAD_SECTIONS), done.get(name)):
+                print(f"  finished before as {name}: skipped", flush=True)
+                continue
+            subprocess.run(["dvc", "exp", "run", "pad_validation", "-n", name, "-S", f"grpo.learning_rate={rate}"],
+                           check=True)
+    subprocess.run(["dvc", "checkout", "pad", "pad_validation"], check=True)
 
 
 def _exp_show(rev: str | None = None) -> list:
@@ -135,11 +177,11 @@ def _experiments(node) -> list[dict]:
     return found
 
 
-def with_full_metrics(exp_show: list, read, prefix: str = "calibration-") -> list:
+def with_full_metrics(exp_show: list, read, prefix: str = "calibration-", metrics_file: str = METRICS_FILE) -> list:
     """`dvc exp show --json` keeps only a metric's numbers (a CI's list and a None are dropped): put
-    each finished calibration experiment's whole metrics file back, as `read(rev)` gives it."""
+    each finished `prefix`* experiment's whole metrics file back, as `read(rev)` gives it."""
     for exp in _experiments(exp_show):
-        metrics = (exp["data"].get("metrics") or {}).get(METRICS_FILE)
+        metrics = (exp["data"].get("metrics") or {}).get(metrics_file)
         if str(exp["name"]).startswith(prefix) and metrics and metrics.get("data"):
             metrics["data"] = read(exp["rev"])
     return exp_show
@@ -175,6 +217,56 @@ def read_experiments(exp_show: list, prefix: str = "calibration-") -> pd.DataFra
     return pd.DataFrame(rows).sort_values("experiment").reset_index(drop=True)
 
 
+def read_pad_experiments(exp_show: list) -> pd.DataFrame:
+    """One row per step-size experiment: its learning rate, the base's and PAD's accuracy on the
+    validation questions (Wilson CIs), PAD against the base (paired) and how many answers changed."""
+    rows = []
+    for exp in _experiments(exp_show):
+        metrics = (exp["data"].get("metrics") or {}).get(PAD_METRICS_FILE, {}).get("data")
+        if not str(exp["name"]).startswith(PAD_PREFIX) or not metrics:
+            continue
+        params = exp["data"]["params"]["params.yaml"]["data"]
+        paired = metrics["pad_vs_base"]
+        row = {"experiment": exp["name"], "learning_rate": params["grpo"]["learning_rate"], "n": metrics["n"]}
+        for model in ("base", "pad"):
+            accuracy = metrics[model]["accuracy"]
+            row.update({model: accuracy, **dict(zip((f"{model}_low", f"{model}_high"),
+                                                    wilson_ci(round(accuracy * metrics["n"]), metrics["n"])))})
+        row.update({"pad_vs_base": paired["difference"], "pad_vs_base_low": paired["ci95"][0],
+                    "pad_vs_base_high": paired["ci95"][1], "gained": paired["gained"], "lost": paired["lost"],
+                    "mcnemar_p": paired["mcnemar_p"], "mde": paired["mde"], "answers_changed": paired["answers_changed"]})
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"no finished {PAD_PREFIX}* experiment in this `dvc exp show --json` output: "
+                         "run `make calibrate-pad`")
+    return pd.DataFrame(rows).sort_values("learning_rate", ascending=False).reset_index(drop=True)
+
+
+def chosen_learning_rate(table: pd.DataFrame) -> float:
+    """The step size the sweep recommends: PAD's highest validation accuracy; on a tie, the larger
+    rate (it moves the policy more for the same held-out accuracy)."""
+    best = table[table["pad"] == table["pad"].max()]
+    return float(best["learning_rate"].max())
+
+
+def pad_report(out_dir: str = "results/calibration", rev: str | None = None) -> pd.DataFrame:
+    """Snapshot the step-size experiments (`out_dir/pad_experiments.json`, whole metrics read back),
+    and write their table (`pad_sweep.csv`) and figure (`pad_sweep.png`)."""
+    import dvc.api
+
+    from agentark_utils.plots import pad_sweep
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shown = with_full_metrics(_exp_show(rev), lambda exp: json.loads(dvc.api.read(PAD_METRICS_FILE, repo=".", rev=exp)),
+                              PAD_PREFIX, PAD_METRICS_FILE)
+    (out / "pad_experiments.json").write_text(json.dumps(shown))
+    table = read_pad_experiments(shown)
+    table.to_csv(out / "pad_sweep.csv", index=False)
+    pad_sweep(table, chosen_learning_rate(table), out / "pad_sweep.png")
+    return table
+
+
 def report(out_dir: str = "results/calibration", rev: str | None = None, params_path: str = "params.yaml") -> Path:
     """Snapshot `dvc exp show --json` (with each experiment's whole metrics file) in
     `out_dir/experiments.json`, then run the `calibration` stage's notebook on it (what `dvc repro`
@@ -192,11 +284,16 @@ def report(out_dir: str = "results/calibration", rev: str | None = None, params_
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="The calibration sweep: run it as DVC experiments, or report it.")
-    parser.add_argument("command", choices=("run", "report"))
+    parser.add_argument("command", choices=("run", "report", "pad-run", "pad-report"))
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out-dir", default="results/calibration")
     parser.add_argument("--rev", default=None, help="report: the commit the sweep ran on (default: HEAD)")
     args = parser.parse_args(argv)
+    if args.command == "pad-report":
+        table = pad_report(args.out_dir, args.rev)
+        print(table.round(3).to_string(index=False))
+        print(f"chosen grpo.learning_rate: {chosen_learning_rate(table)} (PAD's best validation accuracy)")
+        return
     if args.command == "report":
         try:
             print(f"executed {report(args.out_dir, args.rev, args.params)}")
@@ -206,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     # A kill (SIGTERM) unwinds like Ctrl-C, so run_sweep restores params.yaml and dvc.lock.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        run_sweep(args.params)
+        (run_pad_sweep if args.command == "pad-run" else run_sweep)(args.params)
     except ParamsError as error:  # it names the file, the key and what is wrong: no traceback needed
         raise SystemExit(str(error)) from None
 

@@ -334,6 +334,23 @@ class CalibrationParams(_Section):
         return value
 
 
+class PadValidationParams(_Section):
+    """Section `pad_validation`: PAD's GRPO step size, chosen on held-out questions (calibration.py)."""
+
+    # Questions from the task's training side after the first data.n_train (tasks.load_validation):
+    # never debated, never tested. The base and the PAD student answer them greedily.
+    n: int = Field(default=200, ge=1)
+    # `make calibrate-pad`: one DVC experiment of the pad_validation stage per grpo.learning_rate.
+    learning_rates: list[float] = Field(default_factory=list)
+
+    @field_validator("learning_rates")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        if any(rate <= 0 for rate in value):
+            raise ValueError("each learning rate must be > 0")
+        return value
+
+
 class Params(_Section):
     """The whole `params.yaml`: every section is required and checked."""
 
@@ -349,6 +366,7 @@ class Params(_Section):
     scaling: ScalingParams
     open_ended: OpenEndedParams
     calibration: CalibrationParams
+    pad_validation: PadValidationParams
 
 
 def _format(error: ValidationError, source: str) -> str:

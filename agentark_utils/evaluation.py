@@ -48,6 +48,17 @@ def evaluate_grid(models: dict[str, str], test_sets: dict[str, list[Question]], 
     return predictions, results
 
 
+def versus(predictions: list[dict], model: str, baseline: str = "base") -> dict:
+    """`model` against `baseline` on the questions both answered (`evaluate_grid`'s predictions of
+    one test set): the paired comparison with its power (`metrics.paired_with_power`) and how many
+    answers changed (`metrics.changed_answers`)."""
+    rows = {name: sorted((r for r in predictions if r["model"] == name), key=lambda r: r["id"])
+            for name in (model, baseline)}
+    changed = metrics.changed_answers(rows[model], rows[baseline])  # it checks both cover the same questions
+    paired = metrics.paired_with_power(*([r["status"] == "correct" for r in rows[name]] for name in (model, baseline)))
+    return {**paired, "answers_changed": changed["answer_changed"]}
+
+
 def held_out_sets(records: list[dict], task: str) -> dict[str, list[dict]]:
     """The debate records of every held-out split, by test-set name: the in-domain test split
     first ("<task> (in-domain)"), then each out-of-domain family ("<family> (out-of-domain)")."""

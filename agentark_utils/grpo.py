@@ -77,9 +77,11 @@ def training_steps(params: GRPOParams, n_prompts: int) -> int:
     return params.steps or params.epochs * steps_per_epoch(params, n_prompts)
 
 
-def scorer_dir(scorer) -> str:
-    """The saved PRM behind a scorer (a `prm.StepScorer` or its directory)."""
-    return str(scorer) if isinstance(scorer, (str, Path)) else scorer.prm_dir
+def checkpoint_fingerprint(student: str, params: GRPOParams, questions: list[Question], scorer) -> str:
+    """What a GRPO checkpoint was trained with: the student, the section, the prompts and the reward
+    model (its saved weights and the length it scores to, from the scorer itself). Any change restarts."""
+    return fingerprint(path_digest(student), params.model_dump(), [q.to_dict() for q in questions],
+                       path_digest(scorer.prm_dir), scorer.max_length)
 
 
 def train_grpo(questions: list[Question], student: str, scorer, out_dir: str | Path, params: GRPOParams,
@@ -100,16 +102,14 @@ def train_grpo(questions: list[Question], student: str, scorer, out_dir: str | P
         raise ValueError("GRPO needs at least one training question")
     out_dir = Path(out_dir)
     ckpt_dir = out_dir.with_name(out_dir.name + ".checkpoints")
-    # The reward model is part of what a checkpoint was trained against: a changed PRM restarts.
-    resume = prepare_checkpoints(ckpt_dir, fingerprint(path_digest(student), params.model_dump(),
-                                                       [q.to_dict() for q in questions], path_digest(scorer_dir(scorer)),
-                                                       prm_params and prm_params.max_length))
     if isinstance(scorer, (str, Path)):
         from agentark_utils.prm import StepScorer
 
         if prm_params is None:
             raise ValueError("a PRM directory as scorer needs prm_params (the prm section)")
         scorer = StepScorer(str(scorer), prm_params, device, trust_remote_code=trust_remote_code)
+    # The reward model is part of what a checkpoint was trained against: a changed PRM restarts.
+    resume = prepare_checkpoints(ckpt_dir, checkpoint_fingerprint(student, params, questions, scorer))
     funcs, weights = build_rewards({"prm": params.prm_reward_weight, "answer": params.answer_reward_weight},
                                    scorer, params.aggregation)
     use_vllm = torch_device(device).startswith("cuda") and importlib.util.find_spec("vllm") is not None

@@ -332,3 +332,23 @@ def calibration_sweep(table: pd.DataFrame, path: str | Path | None = None):
            title="Calibration: does the debate beat the single agent?")
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
     return _save(fig, path)
+
+
+def pad_sweep(table: pd.DataFrame, chosen: float, path: str | Path | None = None):
+    """PAD's accuracy on the validation questions per GRPO learning rate (Wilson 95 % CIs), beside the
+    base model's on the same questions; the chosen rate marked, answers changed written at each point."""
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    base = table.iloc[0]
+    ax.axhspan(base["base_low"], base["base_high"], color="grey", alpha=0.2)
+    ax.axhline(base["base"], color="grey", label="base (no GRPO), 95 % CI")
+    ax.errorbar(table["learning_rate"], table["pad"], yerr=[table["pad"] - table["pad_low"], table["pad_high"] - table["pad"]],
+                fmt="o-", capsize=3, color=sns.color_palette("deep")[3], label="PAD student")
+    for row in table.itertuples():
+        ax.annotate(f"{row.answers_changed} changed", (row.learning_rate, row.pad_high), textcoords="offset points",
+                    xytext=(0, 4), ha="center", fontsize=7)
+    ax.axvline(chosen, color="black", linestyle=":", label=f"chosen: {chosen:g}")
+    ax.set(xscale="log", xlabel="GRPO learning rate", ylim=(0, None),
+           ylabel=f"accuracy, {int(base['n'])} validation questions", title="PAD's step size, chosen on held-out questions")
+    ax.legend(fontsize=8, loc="lower left")
+    return _save(fig, path)

@@ -56,6 +56,7 @@ PATHS = {
     "extract": ("results/extract", {"debate_dir": "results/debate"}),
     "sft": ("results/sft/{strategy}", {"extract_dir": "results/extract", "model_dir": "models/{strategy}"}),
     "pad": ("results/pad", {"debate_dir": "results/debate", "prm_dir": "models/prm", "model_dir": "models/pad"}),
+    "pad_validation": ("results/pad_validation", {"pad_dir": "models/pad"}),
     "evaluate": ("results/eval", {"debate_dir": "results/debate", "figures_dir": "results/figures",
                                   "students": STUDENTS}),
     "robustness": ("results/robustness", {"debate_dir": "results/debate", "eval_dir": "results/eval",

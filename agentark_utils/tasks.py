@@ -443,6 +443,30 @@ def load_task(task: str, n_train: int, n_test: int, seed: int = 0, path: str | N
     return train, test
 
 
+def load_validation(task: str, n_train: int, n_test: int, n: int, seed: int = 0, path: str | None = None
+                    ) -> list[Question]:
+    """`n` held-out questions for choosing a setting, disjoint from `load_task`'s train and test.
+
+    They are the questions `load_task` would deal next: the training list's continuation (it grows
+    by appending), or for a single-pool set, the pool after train and test. No stage debates or
+    tests them, so a setting chosen on them is not chosen on the questions that then judge it.
+    """
+    spec = TASKS[task]
+    short = f"task {task}: too few questions for {n} validation questions beside n_train={n_train}, n_test={n_test}"
+    try:
+        if spec.components or (path is None and spec.train_split != spec.test_split):
+            validation = load_task(task, n_train + n, n_test, seed, path)[0][n_train:]
+        else:  # one shuffled pool: train, test, then these
+            validation = load_task(task, n_train, n_test + n, seed, path)[1][n_test:]
+    except DatasetError as error:
+        raise DatasetError(f"{short} ({error})") from None
+    if len(validation) < n:
+        raise DatasetError(f"{short} ({len(validation)} left)")
+    train, test = load_task(task, n_train, n_test, seed, path)
+    check_disjoint(train + test, validation)
+    return validation
+
+
 OOD_PREFIX = "ood:"  # split names of the out-of-domain families: "ood:equations"
 
 

@@ -128,3 +128,78 @@ def test_report_snapshots_the_experiments_and_runs_the_calibration_stage(tmp_pat
     assert json.loads((tmp_path / "experiments.json").read_text()) == recorded
     verdict = json.loads((tmp_path / "verdict.json").read_text())
     assert verdict["settings"] == len(metrics) == 4 and verdict["closest"]["temperature"] == 0.2
+
+
+# --- the step-size sweep: DVC experiments of the pad_validation stage ---------------------------
+
+def _pad_experiment(name, rate, pad, base=0.24, changed=10, n=200):
+    paired = {"difference": pad - base, "ci95": [pad - base - 0.05, pad - base + 0.05], "gained": 12, "lost": 8,
+              "mcnemar_p": 0.5, "mde": 0.06, "answers_changed": changed}
+    metrics = {"n": n, "base": {"accuracy": base}, "pad": {"accuracy": pad}, "pad_vs_base": paired}
+    return {"revs": [{"rev": name * 2, "name": name, "data": {
+        "params": {"params.yaml": {"data": {"grpo": {"learning_rate": rate}}}},
+        "metrics": {"results/pad_validation/metrics.json": {"data": metrics}}}}], "name": name}
+
+
+@pytest.mark.parametrize("rates_and_accuracies, chosen", [
+    ([(2e-5, 0.02), (2e-6, 0.25), (6e-7, 0.24)], 2e-6),
+    ([(2e-5, 0.02), (2e-6, 0.25), (6e-7, 0.25)], 2e-6),  # a tie: the larger step
+    ([(6e-7, 0.30), (2e-6, 0.25)], 6e-7),
+])
+def test_the_pad_sweep_table_and_the_rate_it_chooses(rates_and_accuracies, chosen):
+    from agentark_utils.calibration import chosen_learning_rate, read_pad_experiments
+
+    experiments = [_pad_experiment(f"pad-lr-{i:02d}", rate, pad) for i, (rate, pad) in enumerate(rates_and_accuracies)]
+    experiments.append(_pad_experiment("calibration-00", 1e-3, 0.9))  # another sweep's: not read
+    table = read_pad_experiments([{"rev": "abc", "name": "main", "data": {"params": {}, "metrics": None},
+                                   "experiments": experiments}])
+    assert table["learning_rate"].tolist() == sorted((r for r, _ in rates_and_accuracies), reverse=True)
+    assert table["base_low"].iloc[0] < 0.24 < table["base_high"].iloc[0] and table["answers_changed"].iloc[0] == 10
+    assert chosen_learning_rate(table) == chosen
+    with pytest.raises(ValueError, match="make calibrate-pad"):
+        read_pad_experiments([])
+
+
+def test_the_pad_sweep_runs_each_rate_once_and_restores_the_workspace(monkeypatch, tmp_path):
+    """A rate that finished with the same sections is skipped; the others run as experiments of the
+    pad_validation stage; params.yaml comes back and the main run's outputs are checked out."""
+    import yaml
+
+    from agentark_utils import calibration
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["pad_validation"]["learning_rates"] = [2e-5, 2e-6]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    ran_before = calibration.experiment_params(params, {"grpo.learning_rate": 2e-5}, calibration.PAD_SECTIONS)
+    done = _pad_experiment("pad-lr-00", 2e-5, 0.1)
+    done["revs"][0]["data"]["params"]["params.yaml"]["data"] = ran_before
+    commands = []
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(calibration, "_exp_show", lambda: [{"rev": "abc", "name": "main", "data": {}, "experiments": [done]}])
+    monkeypatch.setattr(calibration.subprocess, "run", lambda args, check: commands.append(args))
+    calibration.run_pad_sweep(str(path))
+    assert commands == [["dvc", "exp", "run", "pad_validation", "-n", "pad-lr-01", "-S", "grpo.learning_rate=2e-06"],
+                        ["dvc", "checkout", "pad", "pad_validation"]]
+    assert path.read_text() == yaml.safe_dump(params)
+
+
+def test_pad_report_writes_the_snapshot_table_and_figure(tmp_path, monkeypatch):
+    import dvc.api
+
+    from agentark_utils import calibration
+
+    shown = [{"rev": "abc", "name": "main", "data": {"params": {}, "metrics": None},
+              "experiments": [_pad_experiment("pad-lr-00", 2e-5, 0.02), _pad_experiment("pad-lr-01", 2e-6, 0.25)]}]
+    runs = [exp for exp in calibration._experiments(shown) if exp["name"].startswith("pad-lr-")]
+    full = {exp["rev"]: json.loads(json.dumps(exp["data"]["metrics"][calibration.PAD_METRICS_FILE]["data"]))
+            for exp in runs}
+    for exp in runs:  # what dvc exp show keeps: no lists
+        exp["data"]["metrics"][calibration.PAD_METRICS_FILE]["data"]["pad_vs_base"].pop("ci95")
+    monkeypatch.setattr(calibration, "_exp_show", lambda rev=None: json.loads(json.dumps(shown)))
+    monkeypatch.setattr(dvc.api, "read", lambda path, repo, rev: json.dumps(full[rev]))
+    table = calibration.pad_report(str(tmp_path))
+    assert table["pad_vs_base_low"].tolist() == pytest.approx([-0.27, -0.04])  # read back: dvc exp show drops lists
+    assert (tmp_path / "pad_sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert len((tmp_path / "pad_sweep.csv").read_text().splitlines()) == 3
+    assert json.loads((tmp_path / "pad_experiments.json").read_text())[0]["experiments"][0]["name"] == "pad-lr-00"

@@ -81,6 +81,9 @@ DELETE = object()
         ("data.ood_tasks", ["arith_mix"], "data: ood_tasks: 'arith_mix' is the training task"),
         ("robustness.perturbations", ["typos"], "robustness.perturbations: unknown perturbation(s) ['typos']"),
         ("robustness.perturbations", [], "robustness.perturbations: List should have at least 1 item"),
+        ("pad_validation.n", 0, "pad_validation.n: Input should be greater than or equal to 1"),
+        ("pad_validation.learning_rates", [2e-6, 0], "pad_validation.learning_rates: each learning rate must be > 0"),
+        ("pad_validation", DELETE, "pad_validation: Field required"),
     ],
 )
 def test_bad_params_name_the_key(path, value, message):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from agentark_utils.config import ModelParams
-from agentark_utils.evaluation import evaluate_grid, greedy_answers, headline_table, held_out_sets
+from agentark_utils.evaluation import evaluate_grid, greedy_answers, headline_table, held_out_sets, versus
 from agentark_utils.tasks import Question
 
 
@@ -119,3 +119,32 @@ def test_each_model_is_closed_before_the_next_one_loads(monkeypatch):
     with pytest.raises(RuntimeError, match="out of memory"):
         greedy_answers({"a": "broken"}, ["1 + 1?"], params, max_new_tokens=4)
     assert events == [("made", "broken"), ("closed", "broken")]
+
+
+def _answers(model, answers, statuses):
+    return [{"model": model, "test_set": "validation", "id": f"q{i}", "answer": a, "status": s}
+            for i, (a, s) in enumerate(zip(answers, statuses))]
+
+
+@pytest.mark.parametrize("pad, base, difference, gained, lost, changed", [
+    # same answers: nothing moved
+    ((["1", "2", "3"], ["correct", "wrong", "wrong"]), (["1", "2", "3"], ["correct", "wrong", "wrong"]), 0.0, 0, 0, 0),
+    # a wrong answer changed to another wrong one moves no accuracy but counts as changed
+    ((["1", "5", "3"], ["correct", "wrong", "wrong"]), (["1", "2", "3"], ["correct", "wrong", "wrong"]), 0.0, 0, 0, 1),
+    # "18" and "18.0" are one answer; a gain and a loss
+    ((["18.0", "7", "9"], ["correct", "correct", "wrong"]), (["18", "6", "8"], ["correct", "wrong", "correct"]),
+     0.0, 1, 1, 2),
+    ((["4", "7", "9"], ["correct", "correct", "correct"]), (["5", "6", "8"], ["wrong", "wrong", "wrong"]), 1.0, 3, 0, 3),
+])
+def test_versus_pairs_a_model_with_the_base_question_by_question(pad, base, difference, gained, lost, changed):
+    rows = _answers("base", *base) + list(reversed(_answers("pad", *pad)))  # order within a model does not matter
+    result = versus(rows, "pad")
+    assert (result["difference"], result["gained"], result["lost"], result["answers_changed"]) == \
+        (pytest.approx(difference), gained, lost, changed)
+    assert {"ci95", "mcnemar_p", "mde"} <= set(result)
+
+
+def test_versus_needs_the_same_questions():
+    rows = _answers("base", ["1", "2"], ["correct", "wrong"]) + _answers("pad", ["1"], ["correct"])
+    with pytest.raises(ValueError, match="different questions"):
+        versus(rows, "pad")

@@ -113,3 +113,23 @@ def test_one_epoch_sees_every_prompt_and_reports_it(tiny_model_dir, tmp_path, mo
     assert (result.steps, result.n_prompts, result.prompts_seen, result.epochs_covered) == (3, 5, 6, 1.0)
     expected = sum(1 - row["frac_zero_std_groups"] for row in result.log) / 3
     assert result.frac_groups_nonzero_std == pytest.approx(expected) and 0 <= expected <= 1
+
+
+def test_the_checkpoint_fingerprint_follows_the_scorer_it_trains_against(tiny_model_dir):
+    """A ready-made scorer's own max_length is part of what a checkpoint was trained against (the
+    prm section passed beside it may say otherwise, or be absent)."""
+    from types import SimpleNamespace
+
+    from agentark_utils.grpo import checkpoint_fingerprint
+
+    params = GRPOParams(group_size=2, batch_size=4, learning_rate=1e-5, max_completion_length=8)
+
+    def scored_to(max_length):
+        scorer = SimpleNamespace(prm_dir=str(tiny_model_dir), max_length=max_length)
+        return checkpoint_fingerprint(str(tiny_model_dir), params, QUESTIONS, scorer)
+
+    assert scored_to(512) == scored_to(512)
+    assert scored_to(256) != scored_to(512)
+    other = params.model_copy(update={"learning_rate": 2e-5})
+    assert checkpoint_fingerprint(str(tiny_model_dir), other, QUESTIONS,
+                                  SimpleNamespace(prm_dir=str(tiny_model_dir), max_length=512)) != scored_to(512)

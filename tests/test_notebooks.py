@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from agentark_utils.stages import run_stage
+from agentark_utils.tasks import load_task
 from conftest import ROOT
 
 
@@ -18,6 +19,7 @@ def tiny_params(tmp_path, model_dir) -> str:
     params["evaluation"].update(max_new_tokens=8, bootstrap_samples=100)
     params["prm"].update(stage1_steps=2, stage2_steps=1, bf16=False)
     params["grpo"].update(group_size=2, batch_size=4, max_completion_length=8, bf16=False)  # 1 epoch = 1 step
+    params["pad_validation"].update(n=3)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return str(path)
@@ -148,6 +150,19 @@ def test_pad_notebook(tmp_path, tiny_model_dir):
     for name in ("prm_loss.png", "prm_scores.png", "prm_quality.png", "grpo.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     assert len((out / "grpo_log.csv").read_text().splitlines()) == 2  # header + one step
+
+
+def test_pad_validation_notebook(tmp_path, tiny_model_dir):
+    """The base and a PAD student (here the tiny model itself) on held-out questions, paired."""
+    out = tmp_path / "pad_validation"
+    run_stage("pad_validation", tiny_params(tmp_path, tiny_model_dir), out_dir=str(out),
+              paths={"pad_dir": str(tiny_model_dir)})
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 3 and metrics["base"]["accuracy"] == metrics["pad"]["accuracy"]
+    assert metrics["pad_vs_base"]["answers_changed"] == 0  # the same weights answer alike
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    train, test = load_task("arith_mix", 2, 2)
+    assert len(predictions) == 6 and not {p["id"] for p in predictions} & {q.id for q in train + test}
 
 
 def test_evaluate_notebook(tmp_path, tiny_model_dir):

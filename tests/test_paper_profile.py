@@ -49,6 +49,7 @@ DRY_RUN = {
     "grpo.bf16": False,
     "evaluation.max_new_tokens": 12,
     "evaluation.bootstrap_samples": 100,
+    "pad_validation.n": 2,
     "open_ended.paths": {task: str(FIXTURES / f"{task}.jsonl") for task in ("truthfulqa", "hotpotqa", "qasper")},
     "open_ended.n": 1,
     "open_ended.max_new_tokens": 8,

@@ -8,6 +8,7 @@ import pytest
 
 from agentark_utils.metrics import accuracy_by_stratum
 from agentark_utils.tasks import (TASKS, DatasetError, Question, check_disjoint, expression_key, load_task,
+                                  load_validation,
                                   make_questions, read_rows, reasoning_gym_pool)
 from conftest import FIXTURES
 
@@ -33,7 +34,7 @@ def test_question_round_trips_through_json():
 @pytest.mark.parametrize(
     "task, n_rows, first_answer, answer_format",
     [
-        ("gsm8k", 6, "29", "math"),
+        ("gsm8k", 8, "29", "math"),
         ("math500", 4, "\\frac{3}{4}", "math"),
         ("metamathqa", 4, "30", "math"),
         ("medmcqa", 5, "C", "choice"),
@@ -222,3 +223,24 @@ def test_split_questions_reads_one_split_of_the_records_in_order():
     assert split_questions(records, "train") == [qs[0], qs[2]]
     assert split_questions(records, "ood:mul") == [qs[3]]
     assert split_questions(records, "test")[0].choices == ()
+
+
+@pytest.mark.parametrize("task, n_train, n_test, n, path", [
+    ("arith_mix", 8, 10, 12, None),  # the training list continued
+    ("gsm8k", 2, 2, 3, str(FIXTURES / "gsm8k.jsonl")),  # one pool: after train and test
+])
+def test_validation_questions_are_new_stable_and_held_out(task, n_train, n_test, n, path):
+    """No stage sees them: disjoint from the run's train and test by expression, the same whatever
+    n asks beyond them (a prefix), and short of the pool an error, not fewer questions."""
+    train, test = load_task(task, n_train, n_test, seed=0, path=path)
+    validation = load_validation(task, n_train, n_test, n, seed=0, path=path)
+    assert len(validation) == n == len({expression_key(q) for q in validation})
+    seen = {expression_key(q) for q in train + test}
+    assert not seen & {expression_key(q) for q in validation}
+    assert load_validation(task, n_train, n_test, n - 1, seed=0, path=path) == validation[:-1]
+    assert load_validation(task, n_train, n_test, n, seed=1, path=path) != validation
+
+
+def test_asking_for_more_validation_questions_than_are_left_is_an_error():
+    with pytest.raises(DatasetError, match="too few questions for 5 validation questions .*need 2\\+7"):  # 8 rows
+        load_validation("gsm8k", 2, 2, 5, path=str(FIXTURES / "gsm8k.jsonl"))
