@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "pad-report":
         table = pad_report(args.out_dir, args.rev)
-        print(table.round(3).to_string(index=False))
+        print(table.to_string(index=False, float_format=lambda value: f"{value:.3g}"))
         print(f"chosen grpo.learning_rate: {chosen_learning_rate(table)} (PAD's best validation accuracy)")
         return
     if args.command == "report":

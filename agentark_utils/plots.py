@@ -348,7 +348,8 @@ def pad_sweep(table: pd.DataFrame, chosen: float, path: str | Path | None = None
         ax.annotate(f"{row.answers_changed} changed", (row.learning_rate, row.pad_high), textcoords="offset points",
                     xytext=(0, 4), ha="center", fontsize=7)
     ax.axvline(chosen, color="black", linestyle=":", label=f"chosen: {chosen:g}")
-    ax.set(xscale="log", xlabel="GRPO learning rate", ylim=(0, None),
+    top = max(table["pad_high"].max(), base["base_high"]) + 0.06  # room for the labels above the bars
+    ax.set(xscale="log", xlabel="GRPO learning rate", ylim=(0, top),
            ylabel=f"accuracy, {int(base['n'])} validation questions", title="PAD's step size, chosen on held-out questions")
     ax.legend(fontsize=8, loc="lower left")
     return _save(fig, path)
