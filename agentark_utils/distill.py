@@ -59,8 +59,8 @@ import torch.nn.functional as F
 from agentark_utils.config import SFTParams
 from agentark_utils.extraction import Example
 from agentark_utils.runs import fingerprint, path_digest
-from agentark_utils.training import (prepare_checkpoints, remove_checkpoints, stop_on_non_finite_callback,
-                                     trainer_arguments)
+from agentark_utils.training import (full_state_dict, prepare_checkpoints, remove_checkpoints,
+                                     stop_on_non_finite_callback, trainer_arguments)
 
 
 @dataclass
@@ -255,8 +255,10 @@ def train_sft(examples: list[Example], base_model: str, out_dir: str | Path, par
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     wall = time.perf_counter() - began
 
-    final = trainer.model.merge_and_unload() if peft_config is not None else trainer.model
-    save_atomically(final, tokenizer, out_dir)
+    if peft_config is not None:  # LoRA merges into whole weights: one process or DDP, not FSDP
+        save_atomically(trainer.model.merge_and_unload(), tokenizer, out_dir)
+    else:
+        save_atomically(trainer.model, tokenizer, out_dir, full_state_dict(trainer))
 
     tokenized = trainer.train_dataset
     history = list(trainer.state.log_history)

@@ -28,8 +28,8 @@ from agentark_utils.config import GRPOParams, PRMParams
 from agentark_utils.prompts import question_prompt
 from agentark_utils.runs import fingerprint, path_digest
 from agentark_utils.tasks import Question
-from agentark_utils.training import (prepare_checkpoints, remove_checkpoints, stop_on_non_finite_callback,
-                                     torch_device, trainer_arguments)
+from agentark_utils.training import (full_state_dict, prepare_checkpoints, remove_checkpoints,
+                                     stop_on_non_finite_callback, torch_device, trainer_arguments)
 
 # What TRL logs per step, renamed for the tables and plots.
 LOGGED = {"reward": "reward_mean", "reward_std": "reward_std", "frac_reward_zero_std": "frac_zero_std_groups",
@@ -130,7 +130,7 @@ def train_grpo(questions: list[Question], student: str, scorer, out_dir: str | P
     began = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     wall = time.perf_counter() - began
-    save_atomically(trainer.model, tokenizer, out_dir)
+    save_atomically(trainer.model, tokenizer, out_dir, full_state_dict(trainer))
     remove_checkpoints(ckpt_dir)
     log = [{"step": h["step"], **{new: h[old] for old, new in LOGGED.items() if old in h}}
            for h in trainer.state.log_history if "reward" in h]

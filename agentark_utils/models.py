@@ -69,7 +69,7 @@ def provision(out_dir: str | Path = DEFAULT_MODEL_DIR) -> Path:
     return save_atomically(model, load_gguf_tokenizer(), out_dir)
 
 
-def save_atomically(model, tokenizer, out_dir: str | Path) -> Path:
+def save_atomically(model, tokenizer, out_dir: str | Path, state_dict: dict | None = None) -> Path:
     """Save to a temporary sibling, then swap it in: a half-written model directory never looks
     complete, and a kill at any moment leaves a complete model, the old or the new one.
 
@@ -77,7 +77,8 @@ def save_atomically(model, tokenizer, out_dir: str | Path) -> Path:
     `<out>.old`, then `<out>.partial` -> out. A kill between them leaves the old model as
     `<out>.old`; `restore_interrupted_save`, run by the next save and by every load (through
     `resolve`), renames it back. Under several processes only the main one writes; all return
-    once the model is in place.
+    once the model is in place. `state_dict`: the weights to write instead of the model's own (a
+    sharded model's, gathered by `training.full_state_dict`).
     """
     from agentark_utils.training import barrier, is_main_process
 
@@ -86,7 +87,10 @@ def save_atomically(model, tokenizer, out_dir: str | Path) -> Path:
         restore_interrupted_save(out_dir)
         tmp, old = _sibling(out_dir, ".partial"), _sibling(out_dir, ".old")
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
+        if state_dict is not None:  # gathered copies share no storage: drop the tied ones by name, as
+            # save_pretrained does by storage for the model's own weights (lm_head = embed_tokens)
+            state_dict = {k: v for k, v in state_dict.items() if k not in model.get_expanded_tied_weights_keys()}
+        model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         shutil.rmtree(old, ignore_errors=True)  # left by a kill after a completed swap: out is whole
         if out_dir.exists():

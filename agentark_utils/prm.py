@@ -37,8 +37,8 @@ from agentark_utils.config import PRMParams
 from agentark_utils.prompts import render_chat, user_turn
 from agentark_utils.runs import fingerprint, path_digest
 from agentark_utils.steps import STEP_SEPARATOR, StepTrace, join_steps
-from agentark_utils.training import (prepare_checkpoints, remove_checkpoints, stop_on_non_finite_callback,
-                                     trainer_arguments)
+from agentark_utils.training import (full_state_dict, prepare_checkpoints, remove_checkpoints,
+                                     stop_on_non_finite_callback, trainer_arguments)
 
 
 # --- encoding ---------------------------------------------------------------------------------
@@ -290,7 +290,7 @@ def train_prm(traces: list[StepTrace], prompts: dict[str, str], base_model: str,
     model, tokenizer = load_prm(str(stage1_done) if stage1_done.exists() else base_model, trust_remote_code)
     items = question_items(traces, prompts, tokenizer, params.max_length)
     collator = StepBatchCollator(tokenizer.pad_token_id, params.bucket_cost_tokens)
-    trainable, history, began = {}, [], time.perf_counter()
+    trainable, history, began, trainer = {}, [], time.perf_counter(), None
     for stage, steps, lr in ((1, params.stage1_steps, params.stage1_learning_rate),
                              (2, params.stage2_steps, params.stage2_learning_rate)):
         trainable[stage] = sum(model.get_parameter(n).numel() for n in set_stage(model, stage))
@@ -309,9 +309,9 @@ def train_prm(traces: list[StepTrace], prompts: dict[str, str], base_model: str,
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         history += [{**h, "stage": stage} for h in trainer.state.log_history]
         if stage == 1:
-            save_atomically(model, tokenizer, stage1_done)
+            save_atomically(model, tokenizer, stage1_done, full_state_dict(trainer))
     model.requires_grad_(True)
-    save_atomically(model, tokenizer, out_dir)
+    save_atomically(model, tokenizer, out_dir, full_state_dict(trainer) if trainer is not None else None)
     remove_checkpoints(ckpt_root)
     return PRMResult(
         n_questions=len(items), n_traces=sum(len(i["traces"]) for i in items),

@@ -45,6 +45,17 @@ def barrier() -> None:
         group.barrier()
 
 
+def full_state_dict(trainer) -> dict | None:
+    """The trained weights as one state dict, for the main process to save: under FSDP each process
+    holds a shard, so they are gathered (a collective: every process must call this); None where
+    the model holds its weights whole (one process, DDP), and saves them itself."""
+    from accelerate.utils import DistributedType
+
+    if trainer.accelerator.distributed_type != DistributedType.FSDP:
+        return None
+    return trainer.accelerator.get_state_dict(trainer.model)
+
+
 def remove_checkpoints(ckpt_dir: Path) -> None:
     """Delete a finished run's checkpoints, once every process is done with them."""
     barrier()

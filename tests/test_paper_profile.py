@@ -30,6 +30,7 @@ DRY_RUN = {
     "model.dtype": "float32",
     "model.device": "cpu",
     "model.batch_size": 16,
+    "model.launcher": None,  # FSDP needs GPUs (tests/test_launch.py runs its config on CPU)
     "data.path": str(FIXTURES / "gsm8k.jsonl"),
     "data.ood_paths": {"medmcqa": str(FIXTURES / "medmcqa.jsonl")},
     "data.n_train": 4,

@@ -57,7 +57,7 @@ class FakeSaver:
     def __init__(self, filename: str, version: int):
         self.filename, self.version = filename, version
 
-    def save_pretrained(self, directory):
+    def save_pretrained(self, directory, state_dict=None):
         os.makedirs(directory, exist_ok=True)
         with open(os.path.join(directory, self.filename), "w") as f:
             json.dump({"version": self.version}, f)

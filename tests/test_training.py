@@ -49,3 +49,37 @@ def test_trainer_arguments_carry_the_sections_settings():
     assert args["use_cpu"] and not args["bf16"]
     assert args["logging_nan_inf_filter"] is False  # or StopOnNonFinite never sees a NaN loss
     assert args["logging_steps"] == 1 and args["save_total_limit"] == 1
+
+
+def test_a_sharded_model_is_gathered_before_the_main_process_saves(tiny_model_dir, tmp_path):
+    """Under FSDP the weights a trainer holds are shards: full_state_dict gathers them through the
+    accelerator, and save_atomically writes that dict, not the model's own; otherwise nothing is
+    gathered and the model saves itself."""
+    from types import SimpleNamespace
+
+    import torch
+    from accelerate.utils import DistributedType
+    from safetensors.torch import load_file
+
+    from agentark_utils.models import load_causal_lm, save_atomically
+    from agentark_utils.training import full_state_dict
+
+    model, tokenizer = load_causal_lm(str(tiny_model_dir), dtype="float32", device="cpu")
+    gathered = {name: tensor.clone() + 1 for name, tensor in model.state_dict().items()}  # what the shards add up to
+    calls = []
+
+    def trainer(kind):
+        def get_state_dict(wrapped):
+            calls.append(wrapped)
+            return gathered
+        return SimpleNamespace(model="wrapped", accelerator=SimpleNamespace(distributed_type=kind,
+                                                                            get_state_dict=get_state_dict))
+
+    assert full_state_dict(trainer(DistributedType.MULTI_CPU)) is None and calls == []
+    state = full_state_dict(trainer(DistributedType.FSDP))
+    assert state is gathered and calls == ["wrapped"]
+    save_atomically(model, tokenizer, tmp_path / "sharded", state)
+    save_atomically(model, tokenizer, tmp_path / "whole")
+    sharded, whole = (load_file(tmp_path / name / "model.safetensors") for name in ("sharded", "whole"))
+    assert sharded.keys() == whole.keys()
+    assert all(torch.equal(sharded[k], whole[k] + 1) for k in whole)
