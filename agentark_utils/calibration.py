@@ -41,7 +41,6 @@ import pandas as pd
 import yaml
 
 from agentark_utils.config import CalibrationParams, ParamsError, load_params
-from agentark_utils.metrics import wilson_ci
 
 # What every calibration run fixes, whatever the setting: held-out questions only.
 FIXED = {"data.n_train": 0, "data.ood_tasks": [], "data.ood_paths": {}, "debate.self_consistency_samples": 1}
@@ -50,8 +49,9 @@ FIXED = {"data.n_train": 0, "data.ood_tasks": [], "data.ood_paths": {}, "debate.
 SECTIONS = ("model", "data", "debate")
 DEBATE_DIR = Path("results/debate")
 METRICS_FILE = f"{DEBATE_DIR}/metrics.json"
-# The step-size sweep: what the pad and pad_validation stages read, and where the second writes.
-PAD_SECTIONS = ("model", "data", "prm", "grpo", "evaluation", "pad_validation")
+# The step-size sweep: the sections the debate, pad and pad_validation stages read (and of
+# `pad_validation`, only `n`: the list of rates is the sweep's), and where pad_validation writes.
+PAD_SECTIONS = ("model", "data", "debate", "prm", "grpo", "evaluation")
 PAD_METRICS_FILE = "results/pad_validation/metrics.json"
 PAD_PREFIX = "pad-lr-"
 
@@ -140,21 +140,38 @@ def run_sweep(params_path: str = "params.yaml") -> None:
 
 def run_pad_sweep(params_path: str = "params.yaml") -> None:
     """One DVC experiment of the pad_validation stage per `pad_validation.learning_rates` value
-    (`pad-lr-00`, ...), each retraining the PRM and the PAD student; a rate that finished before
-    with the same sections is skipped. params.yaml and dvc.lock are restored afterwards, and the
-    main run's pad outputs checked out again from the cache."""
+    (`pad-lr-00`, ...), each retraining the PRM and the PAD student on the main run's debates; a
+    rate that finished before with the same params is skipped, a stale one removed and run again.
+    params.yaml and dvc.lock are restored afterwards and the main run's pad outputs checked out
+    again from the cache, however the sweep ends."""
     rates = load_params(params_path).pad_validation.learning_rates
-    raw, done = yaml.safe_load(Path(params_path).read_text()), finished(_exp_show(), PAD_PREFIX, PAD_METRICS_FILE)
-    with _restoring():
-        for index, rate in enumerate(rates):
-            name = f"{PAD_PREFIX}{index:02d}"
-            print(f"PAD step size {index + 1}/{len(rates)}: grpo.learning_rate={rate}", flush=True)
-            if already_ran(experiment_params(raw, {"grpo.learning_rate": rate}, PAD_SECTIONS), done.get(name)):
-                print(f"  finished before as {name}: skipped", flush=True)
-                continue
-            subprocess.run(["dvc", "exp", "run", "pad_validation", "-n", name, "-S", f"grpo.learning_rate={rate}"],
-                           check=True)
-    subprocess.run(["dvc", "checkout", "pad", "pad_validation"], check=True)
+    if _stale("debate"):  # every experiment would debate again, and rewrite the persisted records
+        raise SystemExit("the debate stage is not up to date: run `dvc repro debate` first "
+                         "(the sweep compares step sizes on the main run's debates)")
+    raw, shown = yaml.safe_load(Path(params_path).read_text()), _exp_show()
+    done, existing = finished(shown, PAD_PREFIX, PAD_METRICS_FILE), {exp["name"] for exp in _experiments(shown)}
+    try:
+        with _restoring():
+            for index, rate in enumerate(rates):
+                name = f"{PAD_PREFIX}{index:02d}"
+                print(f"PAD step size {index + 1}/{len(rates)}: grpo.learning_rate={rate}", flush=True)
+                ran = done.get(name)
+                if (already_ran(experiment_params(raw, {"grpo.learning_rate": rate}, PAD_SECTIONS), ran)
+                        and ran["pad_validation"]["n"] == raw["pad_validation"]["n"]):
+                    print(f"  finished before as {name}: skipped", flush=True)
+                    continue
+                if name in existing:  # DVC refuses a name twice on one commit
+                    subprocess.run(["dvc", "exp", "remove", name], check=True)
+                subprocess.run(["dvc", "exp", "run", "pad_validation", "-n", name, "-S", f"grpo.learning_rate={rate}"],
+                               check=True)
+    finally:
+        subprocess.run(["dvc", "checkout", "pad", "pad_validation"], check=True)
+
+
+def _stale(stage: str) -> bool:
+    """Whether `dvc status` finds `stage` or a stage it depends on out of date."""
+    status = subprocess.run(["dvc", "status", stage, "--json"], check=True, capture_output=True, text=True)
+    return bool(json.loads(status.stdout or "{}"))
 
 
 def _exp_show(rev: str | None = None) -> list:
@@ -229,9 +246,8 @@ def read_pad_experiments(exp_show: list) -> pd.DataFrame:
         paired = metrics["pad_vs_base"]
         row = {"experiment": exp["name"], "learning_rate": params["grpo"]["learning_rate"], "n": metrics["n"]}
         for model in ("base", "pad"):
-            accuracy = metrics[model]["accuracy"]
-            row.update({model: accuracy, **dict(zip((f"{model}_low", f"{model}_high"),
-                                                    wilson_ci(round(accuracy * metrics["n"]), metrics["n"])))})
+            row.update({model: metrics[model]["accuracy"], f"{model}_low": metrics[model]["ci95"][0],
+                        f"{model}_high": metrics[model]["ci95"][1]})
         row.update({"pad_vs_base": paired["difference"], "pad_vs_base_low": paired["ci95"][0],
                     "pad_vs_base_high": paired["ci95"][1], "gained": paired["gained"], "lost": paired["lost"],
                     "mcnemar_p": paired["mcnemar_p"], "mde": paired["mde"], "answers_changed": paired["answers_changed"]})

@@ -337,8 +337,9 @@ class CalibrationParams(_Section):
 class PadValidationParams(_Section):
     """Section `pad_validation`: PAD's GRPO step size, chosen on held-out questions (calibration.py)."""
 
-    # Questions from the task's training side after the first data.n_train (tasks.load_validation):
-    # never debated, never tested. The base and the PAD student answer them greedily.
+    # The questions the task deals after the run's own (tasks.load_validation: the training list's
+    # continuation; for a single-pool set, the pool after train and test): never debated, never
+    # tested. The base and the PAD student answer them greedily.
     n: int = Field(default=200, ge=1)
     # `make calibrate-pad`: one DVC experiment of the pad_validation stage per grpo.learning_rate.
     learning_rates: list[float] = Field(default_factory=list)

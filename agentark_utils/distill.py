@@ -48,6 +48,7 @@ Checkpoints go to `<out>.checkpoints/` every `save_steps`; a killed run resumes 
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -213,6 +214,9 @@ def train_sft(examples: list[Example], base_model: str, out_dir: str | Path, par
 
     from agentark_utils.models import load_causal_lm, save_atomically
 
+    if params.lora_r > 0 and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        raise ValueError("sft.lora_r > 0 under FSDP (the launcher's config): merging LoRA adapters needs whole "
+                         "weights; use sft.lora_r: 0 with FSDP, or LoRA with a DDP launcher")
     out_dir = Path(out_dir)
     if not examples:
         model, tokenizer = load_causal_lm(base_model, dtype="float32", device="cpu", trust_remote_code=trust_remote_code)

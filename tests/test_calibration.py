@@ -1,6 +1,7 @@
 """The calibration sweep: its settings become `dvc exp run -S` overrides on held-out questions only."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -86,7 +87,11 @@ def test_an_interrupted_sweep_skips_only_the_settings_that_finished_with_the_sam
     ran = []
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(calibration, "_exp_show", lambda: exp_show)
-    monkeypatch.setattr(calibration.subprocess, "run", lambda args, check: ran.append(args[args.index("-n") + 1]))
+    def exp_run(args, check):  # as `dvc exp run` does, it leaves the experiment's params in the workspace
+        ran.append(args[args.index("-n") + 1])
+        path.write_text("the experiment's params")
+
+    monkeypatch.setattr(calibration.subprocess, "run", exp_run)
     calibration.run_sweep(str(path))
     assert ran == ["calibration-01", "calibration-02"]
     assert path.read_text() == yaml.safe_dump(params)  # restored
@@ -135,7 +140,8 @@ def test_report_snapshots_the_experiments_and_runs_the_calibration_stage(tmp_pat
 def _pad_experiment(name, rate, pad, base=0.24, changed=10, n=200):
     paired = {"difference": pad - base, "ci95": [pad - base - 0.05, pad - base + 0.05], "gained": 12, "lost": 8,
               "mcnemar_p": 0.5, "mde": 0.06, "answers_changed": changed}
-    metrics = {"n": n, "base": {"accuracy": base}, "pad": {"accuracy": pad}, "pad_vs_base": paired}
+    metrics = {"n": n, "base": {"accuracy": base, "ci95": [base - 0.05, base + 0.06]},
+               "pad": {"accuracy": pad, "ci95": [pad - 0.04, pad + 0.05]}, "pad_vs_base": paired}
     return {"revs": [{"rev": name * 2, "name": name, "data": {
         "params": {"params.yaml": {"data": {"grpo": {"learning_rate": rate}}}},
         "metrics": {"results/pad_validation/metrics.json": {"data": metrics}}}}], "name": name}
@@ -154,34 +160,95 @@ def test_the_pad_sweep_table_and_the_rate_it_chooses(rates_and_accuracies, chose
     table = read_pad_experiments([{"rev": "abc", "name": "main", "data": {"params": {}, "metrics": None},
                                    "experiments": experiments}])
     assert table["learning_rate"].tolist() == sorted((r for r, _ in rates_and_accuracies), reverse=True)
-    assert table["base_low"].iloc[0] < 0.24 < table["base_high"].iloc[0] and table["answers_changed"].iloc[0] == 10
+    assert (table["base_low"].iloc[0], table["base_high"].iloc[0]) == pytest.approx((0.19, 0.30))
+    assert table["answers_changed"].iloc[0] == 10
     assert chosen_learning_rate(table) == chosen
     with pytest.raises(ValueError, match="make calibrate-pad"):
         read_pad_experiments([])
 
 
-def test_the_pad_sweep_runs_each_rate_once_and_restores_the_workspace(monkeypatch, tmp_path):
-    """A rate that finished with the same sections is skipped; the others run as experiments of the
-    pad_validation stage; params.yaml comes back and the main run's outputs are checked out."""
+class FakeDVC:
+    """Stands in for the dvc command line: an experiment run leaves its params and lock in the
+    workspace, as `dvc exp run` does; `fail_on` names an experiment whose run fails."""
+
+    def __init__(self, stale=False, fail_on=None):
+        self.commands, self.stale, self.fail_on = [], stale, fail_on
+
+    def __call__(self, args, check, capture_output=False, text=False):
+        import subprocess
+        from types import SimpleNamespace
+
+        self.commands.append(args)
+        if args[:2] == ["dvc", "status"]:
+            return SimpleNamespace(stdout='{"debate": ["changed deps"]}' if self.stale else "{}")
+        if args[:3] == ["dvc", "exp", "run"]:
+            Path("params.yaml").write_text("the experiment's params")
+            Path("dvc.lock").write_text("the experiment's lock")
+            if args[args.index("-n") + 1] == self.fail_on:
+                raise subprocess.CalledProcessError(1, args)
+        return SimpleNamespace(stdout="")
+
+
+def _sweep_setup(tmp_path, monkeypatch, experiments):
     import yaml
 
     from agentark_utils import calibration
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["pad_validation"]["learning_rates"] = [2e-5, 2e-6]
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    ran_before = calibration.experiment_params(params, {"grpo.learning_rate": 2e-5}, calibration.PAD_SECTIONS)
-    done = _pad_experiment("pad-lr-00", 2e-5, 0.1)
-    done["revs"][0]["data"]["params"]["params.yaml"]["data"] = ran_before
-    commands = []
+    params["pad_validation"]["learning_rates"] = [2e-5, 2e-6, 6e-7]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "dvc.lock").write_text("the main run's lock")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(calibration, "_exp_show", lambda: [{"rev": "abc", "name": "main", "data": {}, "experiments": [done]}])
-    monkeypatch.setattr(calibration.subprocess, "run", lambda args, check: commands.append(args))
-    calibration.run_pad_sweep(str(path))
-    assert commands == [["dvc", "exp", "run", "pad_validation", "-n", "pad-lr-01", "-S", "grpo.learning_rate=2e-06"],
-                        ["dvc", "checkout", "pad", "pad_validation"]]
-    assert path.read_text() == yaml.safe_dump(params)
+    monkeypatch.setattr(calibration, "_exp_show",
+                        lambda: [{"rev": "abc", "name": "main", "data": {}, "experiments": experiments(params)}])
+    return calibration, params
+
+
+def test_the_pad_sweep_runs_each_rate_once_and_restores_the_workspace(monkeypatch, tmp_path):
+    """A rate that finished with the same params is skipped, also after the list of rates grew; a
+    stale one is removed and run again; params.yaml and dvc.lock come back and the main run's
+    outputs are checked out."""
+    from agentark_utils.calibration import PAD_SECTIONS, experiment_params
+
+    def experiments(params):
+        done = _pad_experiment("pad-lr-00", 2e-5, 0.1)  # ran before a third rate was listed
+        ran = experiment_params(params, {"grpo.learning_rate": 2e-5}, PAD_SECTIONS)
+        done["revs"][0]["data"]["params"]["params.yaml"]["data"] = {**ran, "pad_validation": {
+            "n": params["pad_validation"]["n"], "learning_rates": [2e-5, 2e-6]}}
+        stale = _pad_experiment("pad-lr-01", 2e-6, 0.2)  # another prm section: runs again
+        stale["revs"][0]["data"]["params"]["params.yaml"]["data"] = {
+            **experiment_params(params, {"grpo.learning_rate": 2e-6, "prm.tau": 0.5}, PAD_SECTIONS),
+            "pad_validation": params["pad_validation"]}
+        return [done, stale]
+
+    calibration, params = _sweep_setup(tmp_path, monkeypatch, experiments)
+    before = Path("params.yaml").read_text()
+    dvc = FakeDVC()
+    monkeypatch.setattr(calibration.subprocess, "run", dvc)
+    calibration.run_pad_sweep("params.yaml")
+    assert dvc.commands[1:] == [
+        ["dvc", "exp", "remove", "pad-lr-01"],
+        ["dvc", "exp", "run", "pad_validation", "-n", "pad-lr-01", "-S", "grpo.learning_rate=2e-06"],
+        ["dvc", "exp", "run", "pad_validation", "-n", "pad-lr-02", "-S", "grpo.learning_rate=6e-07"],
+        ["dvc", "checkout", "pad", "pad_validation"]]
+    assert Path("params.yaml").read_text() == before and Path("dvc.lock").read_text() == "the main run's lock"
+
+
+def test_a_failed_pad_sweep_still_restores_the_workspace_and_a_stale_debate_stops_it(monkeypatch, tmp_path):
+    calibration, _ = _sweep_setup(tmp_path, monkeypatch, lambda params: [])
+    before = Path("params.yaml").read_text()
+    dvc = FakeDVC(fail_on="pad-lr-01")
+    monkeypatch.setattr(calibration.subprocess, "run", dvc)
+    with pytest.raises(__import__("subprocess").CalledProcessError):
+        calibration.run_pad_sweep("params.yaml")
+    assert dvc.commands[-1] == ["dvc", "checkout", "pad", "pad_validation"]
+    assert Path("params.yaml").read_text() == before and Path("dvc.lock").read_text() == "the main run's lock"
+
+    stale = FakeDVC(stale=True)
+    monkeypatch.setattr(calibration.subprocess, "run", stale)
+    with pytest.raises(SystemExit, match="run `dvc repro debate` first"):
+        calibration.run_pad_sweep("params.yaml")
+    assert stale.commands == [["dvc", "status", "debate", "--json"]]
 
 
 def test_pad_report_writes_the_snapshot_table_and_figure(tmp_path, monkeypatch):

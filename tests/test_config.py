@@ -138,8 +138,9 @@ def test_params_file_errors(tmp_path):
 
 
 def test_shipped_params_are_valid():
-    for path in ("params.yaml", "profiles/paper.yaml"):
-        assert load_params(ROOT / path).model.teacher
+    assert load_params(ROOT / "params.yaml").model.teacher  # the default runs here
+    # the paper profile is for a GPU node (its launcher need not be on this PATH): the schema only
+    assert load_params(ROOT / "profiles/paper.yaml", check_machine=False).model.teacher
 
 
 def test_notebook_parameters_match_params_yaml():
@@ -201,7 +202,7 @@ def test_bad_dataset_files(tmp_path):
 
 
 def test_paper_profile_is_valid():
-    params = load_params(ROOT / "profiles" / "paper.yaml")
+    params = load_params(ROOT / "profiles" / "paper.yaml", check_machine=False)
     assert (params.debate.n_agents, params.debate.rounds) == (5, 3) and params.model.backend == "vllm"
     assert params.grpo.batch_size % params.grpo.group_size == 0
 

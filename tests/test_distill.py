@@ -286,3 +286,12 @@ def test_nan_loss_stops_with_a_message_and_keeps_no_half_model(tiny_model_dir, t
                   device="cpu")
     assert not (tmp_path / "s").exists()
 
+
+
+def test_lora_under_fsdp_is_refused_before_any_training(tmp_path, monkeypatch):
+    """`accelerate launch` with an FSDP config sets ACCELERATE_USE_FSDP in every process: LoRA's
+    merge needs whole weights, so the call stops at once, naming the way out."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ValueError, match="sft.lora_r > 0 under FSDP"):
+        train_sft(examples(), "no/such/model", tmp_path / "s", SFTParams(learning_rate=1e-3, epochs=1, batch_size=2, lora_r=4))
+    assert not (tmp_path / "s").exists()

@@ -8,8 +8,7 @@ import pytest
 
 from agentark_utils.metrics import accuracy_by_stratum
 from agentark_utils.tasks import (TASKS, DatasetError, Question, check_disjoint, expression_key, load_task,
-                                  load_validation,
-                                  make_questions, read_rows, reasoning_gym_pool)
+                                  load_validation, make_questions, read_rows, reasoning_gym_pool)
 from conftest import FIXTURES
 
 
@@ -244,3 +243,22 @@ def test_validation_questions_are_new_stable_and_held_out(task, n_train, n_test,
 def test_asking_for_more_validation_questions_than_are_left_is_an_error():
     with pytest.raises(DatasetError, match="too few questions for 5 validation questions .*need 2\\+7"):  # 8 rows
         load_validation("gsm8k", 2, 2, 5, path=str(FIXTURES / "gsm8k.jsonl"))
+
+
+def test_validation_questions_of_a_hub_set_with_its_own_splits(monkeypatch):
+    """GSM8K from the hub (stood in for): train and test are its official splits; the validation
+    questions continue the training list, never repeat a test question (here one training row
+    duplicates a test row), and a request past the split's end is an error."""
+    from agentark_utils import tasks
+
+    rows = read_rows(FIXTURES / "gsm8k.jsonl")
+    splits = {"test": rows[:3], "train": rows[3:] + [rows[0]]}
+    monkeypatch.setattr(tasks, "_hub_rows", lambda spec, split: splits[split])
+    train, test = load_task("gsm8k", 2, 2)
+    validation = load_validation("gsm8k", 2, 2, 3)
+    assert len(validation) == 3 and load_task("gsm8k", 5, 2)[0][2:] == validation
+    hub_test = {expression_key(q) for q in make_questions(TASKS["gsm8k"], splits["test"], "gsm8k")}
+    assert not hub_test & {expression_key(q) for q in validation}  # the duplicated test row is not among them
+    assert not {expression_key(q) for q in train + test} & {expression_key(q) for q in validation}
+    with pytest.raises(DatasetError, match="too few questions for 4 validation questions"):
+        load_validation("gsm8k", 2, 2, 4)
