@@ -1,18 +1,20 @@
-"""Debate engine throughput: the default debate stage's workload with and without prefix sharing.
+"""Debate engine throughput: the default debate stage's workload on the engine before and after this wave.
 
     python benchmarks/debate_throughput.py [--questions 32] [--batch-size 64] [--device cpu]
 
 The workload is what the debate stage runs per chunk (`debate.debate_chunk` with params.yaml's
 `debate` section: single agent, self-consistency samples, every round, the summarizer) on the
-first questions of the pipeline's test split. It runs twice on one loaded model, in one process:
-"before" prefills every row whole (`share_prefixes=False`, the engine of the previous release) and
-"after" prefills each batch's shared prefix and each distinct prompt once (`backends.prefill`).
+first questions of the pipeline's test split. It runs three times on one loaded model, in one
+process: "before" prefills every row whole into transformers' concatenating KV cache (the engine
+of the previous release: `share_prefixes=False, cache_in_place=False`); "prefix sharing" prefills
+each batch's shared prefix and each distinct prompt once (`backends.prefill`); "after" also
+appends to the KV cache in place (`kv_cache.InPlaceLayer`), the engine the pipeline runs.
 
 Reported for each: the tokens that went through the model (padding and repeats included), the
 tokens that must be processed (prompt + generated), wall time, and the effective rate against a
 roofline: 2 x parameters x tokens that must be processed, per second, over the matrix-product peak
-measured on this machine in the same run (same dtype). Sampling is seeded per conversation, so both engines must give the same text; the
-share of identical generations is reported. Writes results/benchmarks/debate_throughput.json.
+measured on this machine in the same run (same dtype). Sampling is seeded per conversation, so all
+engines must give the same text; the share of generations identical to "before" is reported. Writes results/benchmarks/debate_throughput.json.
 
 The peer, with `--llama-server BIN` (llama.cpp's `llama-server`, built from the vendored source of
 the llama-cpp-python sdist; README "Performance" gives the commands): the same workload through the
@@ -46,9 +48,18 @@ def greedy_texts(records) -> list[str]:
     return [call["text"] for r in records for call in system_calls(r, "single")]
 
 
-def run(backend: HFBackend, questions, params, share: bool, n_params: int, peak: float
+ENGINES = {  # name: (share_prefixes, cache_in_place)
+    "before": (False, False),
+    "prefix_sharing": (True, False),
+    "after": (True, True),
+}
+ENGINE_NAMES = {"before": "every row prefilled whole", "prefix_sharing": "prefix sharing",
+                "after": "prefix sharing + in-place KV cache"}
+
+
+def run(backend: HFBackend, questions, params, engine: str, n_params: int, peak: float
         ) -> tuple[dict, list[str], list[str]]:
-    backend.share_prefixes = share
+    backend.share_prefixes, backend.cache_in_place = ENGINES[engine]
     counter = TokenCounter(backend.model)
     model, backend.model = backend.model, counter
     reset_peak_rss()
@@ -60,7 +71,7 @@ def run(backend: HFBackend, questions, params, share: bool, n_params: int, peak:
     prompt = sum(c["prompt_tokens"] for c in calls)
     generated = sum(c["completion_tokens"] for c in calls)
     gflops = 2 * n_params * (prompt + generated) / wall / 1e9  # useful work only: no padding, no repeats
-    row = {"engine": "prefix sharing" if share else "every row prefilled whole", "calls": len(calls),
+    row = {"engine": ENGINE_NAMES[engine], "calls": len(calls),
            "prompt_tokens": prompt, "generated_tokens": generated, "tokens_through_model": counter.tokens,
            "wall_s": round(wall, 1), "generated_tokens_per_s": round(generated / wall, 1),
            "effective_gflops": round(gflops, 1), "roofline_fraction": round(gflops / peak, 3),
@@ -135,38 +146,44 @@ def main() -> None:
     n_params = sum(p.numel() for p in backend.model.parameters())
     peak = matmul_peak_gflops(dtype if dtype != "auto" else "float32")
     debate_chunk(questions[:2], backend, params.debate, seed=0)  # warm-up: first-call allocations
-    before, before_texts, _ = run(backend, questions, params, False, n_params, peak)
-    after, after_texts, after_greedy = run(backend, questions, params, True, n_params, peak)
-    same = sum(a == b for a, b in zip(before_texts, after_texts)) / len(after_texts)
+    rows, texts, greedy = {}, {}, {}
+    for engine in ENGINES:
+        rows[engine], texts[engine], greedy[engine] = run(backend, questions, params, engine, n_params, peak)
+    before, after, after_greedy = rows["before"], rows["after"], greedy["after"]
+    same = {engine: sum(a == b for a, b in zip(texts["before"], texts[engine])) / len(texts[engine])
+            for engine in ENGINES if engine != "before"}
     must = after["prompt_tokens"] + after["generated_tokens"]
     result = {
         "machine": machine(device), "model": params.model.teacher, "dtype": dtype,
         "workload": {"questions": len(questions), "debate": params.debate.model_dump(), "batch_size": backend.batch_size},
         "matmul_peak_gflops": round(peak, 1), "model_parameters": n_params,
-        "before": before, "after": after,
+        "before": before, "prefix_sharing": rows["prefix_sharing"], "after": after,
         "speedup": round(before["wall_s"] / after["wall_s"], 2),
+        "speedup_prefix_sharing_only": round(before["wall_s"] / rows["prefix_sharing"]["wall_s"], 2),
         "tokens_must_process": must,
         "tokens_through_model_over_must_process": {"before": round(before["tokens_through_model"] / must, 2),
                                                    "after": round(after["tokens_through_model"] / must, 2)},
         "roofline_fraction": after["roofline_fraction"],
-        "same_text": round(same, 4),
+        "same_text": round(same["after"], 4),
+        "same_text_prefix_sharing_only": round(same["prefix_sharing"], 4),
     }
-    print(f"{'engine':>26} {'calls':>6} {'through model':>14} {'wall s':>8} {'gen tok/s':>10} {'GFLOP/s':>8} "
+    print(f"{'engine':>34} {'calls':>6} {'through model':>14} {'wall s':>8} {'gen tok/s':>10} {'GFLOP/s':>8} "
           f"{'roofline':>9}")
-    for row in (before, after):
-        print(f"{row['engine']:>26} {row['calls']:>6} {row['tokens_through_model']:>14} {row['wall_s']:>8} "
+    for row in rows.values():
+        print(f"{row['engine']:>34} {row['calls']:>6} {row['tokens_through_model']:>14} {row['wall_s']:>8} "
               f"{row['generated_tokens_per_s']:>10} {row['effective_gflops']:>8} {row['roofline_fraction']:>9}")
     print(f"tokens that must be processed (prompt + generated): {must}; matmul peak {peak:.0f} GFLOP/s ({dtype})")
-    print(f"speed-up {result['speedup']}x; identical text {same:.1%} of {len(after_texts)} generations")
+    print(f"speed-up {result['speedup']}x (prefix sharing alone {result['speedup_prefix_sharing_only']}x); identical "
+          f"text {same['after']:.1%} of {len(texts['after'])} generations")
     if args.llama_server:
         del backend  # its memory back before the server loads
         row, texts = run_llama_cpp(args.llama_server, questions, params, args.llama_parallel, args.llama_threads,
                                    n_params, peak)
         row["same_greedy_text_as_hf"] = round(sum(a == b for a, b in zip(texts, after_greedy)) / len(texts), 4)
-        row["speedup_over_hf"] = round(after["wall_s"] / row["wall_s"], 2)  # hf with prefix sharing
+        row["speedup_over_hf"] = round(after["wall_s"] / row["wall_s"], 2)  # hf as the pipeline runs it
         result["llama_cpp"] = row
-        print(f"llama.cpp: {row['wall_s']} s, {row['generated_tokens_per_s']} generated tok/s (hf with prefix "
-              f"sharing: {after['wall_s']} s); identical greedy answers {row['same_greedy_text_as_hf']:.1%}")
+        print(f"llama.cpp: {row['wall_s']} s, {row['generated_tokens_per_s']} generated tok/s (hf after: "
+              f"{after['wall_s']} s); identical greedy answers {row['same_greedy_text_as_hf']:.1%}")
     write("debate_throughput.json", result)
 
 

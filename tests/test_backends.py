@@ -77,6 +77,27 @@ def test_decode_batch_drops_a_row_once_it_stops():
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_the_in_place_cache_changes_no_output(hf, temperature):
+    """Rows of different lengths that stop at different steps: every cache operation of decoding."""
+    import torch
+
+    conversations = CONVERSATIONS + [CONVERSATIONS[0]] * 2
+    prompts = [hf._prompt_ids(c) for c in conversations]
+
+    def decode(in_place: bool, stop_ids: list[int]) -> list[list[int]]:
+        generators = [torch.Generator().manual_seed(s) for s in row_seeds(conversations, 3)]
+        return decode_batch(hf.model, prompts, pad_id=hf.tokenizer.pad_token_id, max_new_tokens=12,
+                            stop_ids=stop_ids, temperature=temperature, generators=generators, cache_in_place=in_place)
+
+    unstopped = decode(False, hf.stop_ids)  # the random tiny model never ends a turn: stop on tokens it emits
+    stop_ids = [unstopped[0][2], unstopped[1][6]]
+    outputs = {in_place: decode(in_place, stop_ids) for in_place in (False, True)}
+    assert outputs[True] == outputs[False]
+    if temperature:  # greedy, the random model repeats one token; sampled rows leave the batch at different steps
+        assert len({len(row) for row in outputs[True]}) > 2
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_prefix_sharing_changes_no_output_and_computes_each_prompt_once(hf, temperature, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import torch

@@ -1,0 +1,74 @@
+"""The KV cache of the `hf` backend's decoding loop: transformers' DynamicCache, appending in place.
+
+transformers' `DynamicLayer` concatenates each new token's keys and values onto the cache, which
+copies the whole cache of every layer once per generated token. At batch 64 and 250 cached tokens
+that copy was 40 % of a decoding step of the default model on 2 CPU cores (torch.profiler), more
+than the attention itself. `InPlaceLayer` writes into a buffer with room to spare instead, and
+the cache is a view of it: greedy and sampled text are unchanged (tests/test_kv_cache.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+
+class InPlaceLayer(DynamicLayer):
+    """A DynamicLayer whose `keys` and `values` are views of a buffer holding `spare` more tokens.
+
+    The buffer grows (one copy) only when a write would overflow it: one sized for the prompt plus
+    `spare` never grows while `spare` tokens are decoded. `keys` and `values` stay the source of
+    truth: an inherited method that replaces them (crop, reorder, repeat) is picked up by the next
+    `update`, which copies whatever it finds into a new buffer.
+    """
+
+    def __init__(self, spare: int = 0):
+        super().__init__()
+        self.spare = spare
+        self.key_buffer: torch.Tensor | None = None
+        self.value_buffer: torch.Tensor | None = None
+
+    def _views_buffer(self) -> bool:
+        """Whether `keys` is still the buffer's leading slice. Compared by storage, not `_base`:
+        views made under torch.inference_mode (as decoding runs) have no `_base`."""
+        keys, buffer = self.keys, self.key_buffer
+        return (buffer is not None and keys.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr()
+                and keys.storage_offset() == 0 and keys.shape[:2] == buffer.shape[:2]
+                and keys.stride() == buffer.stride())
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        length, new = self.get_seq_length(), key_states.shape[-2]
+        if not self._views_buffer() or length + new > self.key_buffer.shape[-2]:
+            shape = (*key_states.shape[:2], length + new + self.spare, key_states.shape[-1])
+            key_buffer, value_buffer = key_states.new_empty(shape), value_states.new_empty(shape)
+            if length:
+                key_buffer[:, :, :length] = self.keys
+                value_buffer[:, :, :length] = self.values
+            self.key_buffer, self.value_buffer = key_buffer, value_buffer
+        self.key_buffer[:, :, length : length + new] = key_states
+        self.value_buffer[:, :, length : length + new] = value_states
+        self.keys = self.key_buffer[:, :, : length + new]
+        self.values = self.value_buffer[:, :, : length + new]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep the `indices` rows, with the buffer's spare room (one copy, as DynamicLayer makes)."""
+        length = self.get_seq_length()
+        if not (length and self._views_buffer()):
+            return super().batch_select_indices(indices)
+        self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
+        self.keys, self.values = self.key_buffer[:, :, :length], self.value_buffer[:, :, :length]
+
+
+def kv_cache(model, spare: int = 0, in_place: bool = True) -> DynamicCache:
+    """A DynamicCache for `model` whose full-attention layers are `InPlaceLayer`s with room for
+    `spare` more tokens; in_place=False gives transformers' own (the engine before, for benchmarks)."""
+    cache = DynamicCache(config=model.config)
+    if in_place:
+        # Exactly DynamicLayer: sliding-window and other subclasses keep their own update.
+        cache.layers = [InPlaceLayer(spare) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache

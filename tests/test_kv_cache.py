@@ -1,0 +1,75 @@
+"""The in-place KV cache holds exactly what transformers' concatenating DynamicLayer holds."""
+
+import pytest
+import torch
+from transformers.cache_utils import DynamicLayer
+
+from agentark_utils.kv_cache import InPlaceLayer, kv_cache
+
+
+def states(batch: int, new: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, 3, new, 4, generator=generator), torch.randn(batch, 3, new, 4, generator=generator))
+
+
+# Each case: a sequence of (operation, argument) applied to both layers; after every step they must agree.
+CASES = {
+    "prefill then decode": [("update", (4, 7)), *[("update", (4, 1))] * 6],
+    "prefix expanded, then prompts, then rows drop": [
+        ("update", (1, 5)), ("select", [0, 0, 0]), ("update", (3, 4)), ("update", (3, 1)), ("select", [0, 2]),
+        ("update", (2, 1)), ("select", [1]), ("update", (1, 1))],
+    "overflowing the spare room": [("update", (2, 3)), *[("update", (2, 1))] * 5, ("update", (2, 6))],
+    "crop, then write over the cropped tokens": [("update", (2, 6)), ("crop", -2), ("update", (2, 1))],
+    "repeat and reorder, then decode": [("update", (2, 3)), ("repeat", 2), ("update", (4, 1)),
+                                        ("reorder", [3, 2, 1, 0]), ("update", (4, 1))],
+}
+
+
+@pytest.fixture(params=[False, True], ids=["grad mode", "inference mode"])
+def mode(request):
+    """Decoding runs under torch.inference_mode, where views keep no `_base`."""
+    with torch.inference_mode(request.param):
+        yield
+
+
+@pytest.mark.parametrize("steps", CASES.values(), ids=CASES.keys())
+def test_in_place_layer_holds_what_dynamic_layer_holds(steps, mode):
+    ours, reference = InPlaceLayer(spare=2), DynamicLayer()
+    for i, (operation, argument) in enumerate(steps):
+        for layer in (ours, reference):
+            if operation == "update":
+                returned = layer.update(*states(*argument, seed=i))
+                assert torch.equal(returned[0], layer.keys) and torch.equal(returned[1], layer.values)
+            elif operation == "select":
+                layer.batch_select_indices(torch.tensor(argument))
+            elif operation == "crop":
+                layer.crop(argument)
+            elif operation == "repeat":
+                layer.batch_repeat_interleave(argument)
+            else:
+                layer.reorder_cache(torch.tensor(argument))
+        assert torch.equal(ours.keys, reference.keys) and torch.equal(ours.values, reference.values), (i, operation)
+        assert ours.get_seq_length() == reference.get_seq_length()
+
+
+def test_decoding_within_the_spare_room_never_copies_the_cache(mode):
+    layer = InPlaceLayer(spare=3)
+    layer.update(*states(2, 5, seed=0))
+    buffer = layer.key_buffer
+    for step in range(3):
+        layer.update(*states(2, 1, seed=step + 1))
+        assert layer.key_buffer is buffer and layer.keys.data_ptr() == buffer.data_ptr()
+    layer.update(*states(2, 1, seed=9))  # the fourth token overflows: one new, larger buffer
+    assert layer.key_buffer is not buffer and layer.key_buffer.shape[-2] == 9 + 3
+
+
+def test_kv_cache_swaps_only_full_attention_layers(tiny_model_dir):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    model = type("Model", (), {"config": config})
+    assert all(type(layer) is InPlaceLayer for layer in kv_cache(model, spare=4).layers)
+    assert all(type(layer) is DynamicLayer for layer in kv_cache(model, in_place=False).layers)
+    config.layer_types = ["sliding_attention"] * config.num_hidden_layers
+    config.sliding_window = 8
+    assert not any(isinstance(layer, InPlaceLayer) for layer in kv_cache(model, spare=4).layers)
