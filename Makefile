@@ -73,6 +73,7 @@ calibrate-pad: setup
 bench: setup
 	dvc repro provision_model
 	python benchmarks/debate_throughput.py $(if $(wildcard $(LLAMA_SERVER)),--llama-server $(LLAMA_SERVER))
+	python benchmarks/decode_step.py
 	python benchmarks/cost.py
 	python benchmarks/training_step.py
 
