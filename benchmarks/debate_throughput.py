@@ -14,7 +14,8 @@ Reported for each: the tokens that went through the model (padding and repeats i
 tokens that must be processed (prompt + generated), wall time, and the effective rate against a
 roofline: 2 x parameters x tokens that must be processed, per second, over the matrix-product peak
 measured on this machine in the same run (same dtype). Sampling is seeded per conversation, so all
-engines must give the same text; the share of generations identical to "before" is reported. Writes results/benchmarks/debate_throughput.json.
+engines must give the same text; the share of generations identical to "before" is reported.
+Writes results/benchmarks/debate_throughput.json.
 
 The peer, with `--llama-server BIN` (llama.cpp's `llama-server`, built from the vendored source of
 the llama-cpp-python sdist; README "Performance" gives the commands): the same workload through the
@@ -48,18 +49,16 @@ def greedy_texts(records) -> list[str]:
     return [call["text"] for r in records for call in system_calls(r, "single")]
 
 
-ENGINES = {  # name: (share_prefixes, cache_in_place)
-    "before": (False, False),
-    "prefix_sharing": (True, False),
-    "after": (True, True),
+ENGINES = {  # key: (what it is, share_prefixes, cache_in_place)
+    "before": ("every row prefilled whole", False, False),
+    "prefix_sharing": ("prefix sharing", True, False),
+    "after": ("prefix sharing + in-place KV cache", True, True),
 }
-ENGINE_NAMES = {"before": "every row prefilled whole", "prefix_sharing": "prefix sharing",
-                "after": "prefix sharing + in-place KV cache"}
 
 
 def run(backend: HFBackend, questions, params, engine: str, n_params: int, peak: float
         ) -> tuple[dict, list[str], list[str]]:
-    backend.share_prefixes, backend.cache_in_place = ENGINES[engine]
+    label, backend.share_prefixes, backend.cache_in_place = ENGINES[engine]
     counter = TokenCounter(backend.model)
     model, backend.model = backend.model, counter
     reset_peak_rss()
@@ -71,7 +70,7 @@ def run(backend: HFBackend, questions, params, engine: str, n_params: int, peak:
     prompt = sum(c["prompt_tokens"] for c in calls)
     generated = sum(c["completion_tokens"] for c in calls)
     gflops = 2 * n_params * (prompt + generated) / wall / 1e9  # useful work only: no padding, no repeats
-    row = {"engine": ENGINE_NAMES[engine], "calls": len(calls),
+    row = {"engine": label, "calls": len(calls),
            "prompt_tokens": prompt, "generated_tokens": generated, "tokens_through_model": counter.tokens,
            "wall_s": round(wall, 1), "generated_tokens_per_s": round(generated / wall, 1),
            "effective_gflops": round(gflops, 1), "roofline_fraction": round(gflops / peak, 3),
@@ -146,10 +145,10 @@ def main() -> None:
     n_params = sum(p.numel() for p in backend.model.parameters())
     peak = matmul_peak_gflops(dtype if dtype != "auto" else "float32")
     debate_chunk(questions[:2], backend, params.debate, seed=0)  # warm-up: first-call allocations
-    rows, texts, greedy = {}, {}, {}
+    rows, texts = {}, {}
     for engine in ENGINES:
-        rows[engine], texts[engine], greedy[engine] = run(backend, questions, params, engine, n_params, peak)
-    before, after, after_greedy = rows["before"], rows["after"], greedy["after"]
+        rows[engine], texts[engine], after_greedy = run(backend, questions, params, engine, n_params, peak)
+    before, after = rows["before"], rows["after"]  # "after" ran last: after_greedy holds its answers
     same = {engine: sum(a == b for a, b in zip(texts["before"], texts[engine])) / len(texts[engine])
             for engine in ENGINES if engine != "before"}
     must = after["prompt_tokens"] + after["generated_tokens"]
