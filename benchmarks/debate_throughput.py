@@ -7,8 +7,9 @@ The workload is what the debate stage runs per chunk (`debate.debate_chunk` with
 first questions of the pipeline's test split. It runs three times on one loaded model, in one
 process: "before" prefills every row whole into transformers' concatenating KV cache (the engine
 of the previous release: `share_prefixes=False, cache_in_place=False`); "prefix sharing" prefills
-each batch's shared prefix and each distinct prompt once (`backends.prefill`); "after" also
-appends to the KV cache in place (`kv_cache.InPlaceLayer`), the engine the pipeline runs.
+each batch's shared prefix and each distinct prompt once, in length buckets (`backends.prefill`);
+"after" also appends to the KV cache in place (`kv_cache.InPlaceLayer`), the engine the pipeline
+runs.
 
 Reported for each: the tokens that went through the model (padding and repeats included), the
 tokens that must be processed (prompt + generated), wall time, and the effective rate against a
@@ -51,7 +52,7 @@ def greedy_texts(records) -> list[str]:
 
 ENGINES = {  # key: (what it is, share_prefixes, cache_in_place)
     "before": ("every row prefilled whole", False, False),
-    "prefix_sharing": ("prefix sharing", True, False),
+    "prefix_sharing": ("prefix sharing, length buckets", True, False),
     "after": ("prefix sharing + in-place KV cache", True, True),
 }
 

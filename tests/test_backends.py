@@ -50,7 +50,8 @@ def test_decode_batch_greedy_matches_transformers_generate(hf):
 
 
 class CountingLM:
-    """A stand-in causal LM whose next token is always its last input token + 1, recording batch widths."""
+    """A stand-in causal LM whose next token is always its last input token + 1, recording batch widths;
+    it writes zeros to the KV cache, one per input token."""
 
     device = "cpu"
 
@@ -64,6 +65,8 @@ class CountingLM:
         import torch
 
         self.widths.append(len(input_ids))
+        for layer in cache.layers:
+            layer.update(*[torch.zeros(*input_ids.shape[:1], 1, input_ids.shape[1], 2)] * 2)
         logits = torch.nn.functional.one_hot(input_ids[:, -1:] + 1, self.config.vocab_size).float()
         return type("Output", (), {"logits": logits})
 
@@ -120,6 +123,34 @@ def test_prefix_sharing_changes_no_output_and_computes_each_prompt_once(hf, temp
     assert shared >= len(hf._prompt_ids([{"role": "user", "content": ""}])) - 6  # the system turn at least
     assert counted[False] == len(prompts) * longest  # every row, padded to the longest
     assert counted[True] == shared + 2 * (longest - shared)  # the shared prefix once, each distinct prompt once
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_prefill_in_length_buckets_changes_no_output_and_skips_the_padding(hf, temperature, monkeypatch):
+    """Prompts of skewed lengths (round 2 of a debate): a forward per length bucket gives the tokens
+    of one padded forward, through fewer tokens."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import torch
+
+    from agentark_utils import backends
+    from common import TokenCounter
+
+    conversations = [CONVERSATIONS[1] + [{"role": "assistant", "content": "56 - 5 + 11 = 62. " * 6},
+                                         {"role": "user", "content": "Check it."}]] + CONVERSATIONS
+    prompts = [hf._prompt_ids(c) for c in conversations]
+    outputs, counted = {}, {}
+    for cost in (10**9, 0):  # one forward; a forward per distinct length
+        monkeypatch.setattr(backends, "PREFILL_BUCKET_COST_TOKENS", cost)
+        model = TokenCounter(hf.model)
+        generators = [torch.Generator().manual_seed(s) for s in row_seeds(conversations, 7)]
+        outputs[cost] = decode_batch(model, prompts, pad_id=hf.tokenizer.pad_token_id, max_new_tokens=6,
+                                     stop_ids=hf.stop_ids, temperature=temperature, generators=generators)
+        counted[cost] = model.tokens
+    assert outputs[0] == outputs[10**9]
+    shared = _common_prefix(prompts)
+    remainders = [len(p) - shared for p in prompts]
+    steps = counted[10**9] - shared - len(prompts) * max(remainders)  # the decoding's tokens, the same in both
+    assert counted[0] == shared + sum(remainders) + steps < counted[10**9]
 
 
 class PastKeyValuesModel:

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "agentark_utils"
 # Lowest first. A module may import modules of its own layer or of a lower one, never of a higher one.
 LAYERS = [
     # infrastructure, no research content: files, run identity, parameters, model loading, processes
-    ["store", "project", "config", "runs", "training", "models", "launch", "kv_cache"],
+    ["store", "project", "config", "runs", "training", "models", "launch", "kv_cache", "batching"],
     # the domain: questions, the step format, the prompts, grading
     ["tasks", "steps", "prompts", "answers"],
     # tools on top of the domain: statistics, figures, the paper's numbers, generation engines

@@ -15,7 +15,6 @@ from agentark_utils.prm import (
     contrastive_step_loss,
     encode_steps,
     evaluate_prm,
-    length_buckets,
     load_prm,
     prm_loss,
     question_items,
@@ -87,29 +86,6 @@ def test_collator_flattens_questions_into_scored_steps():
     assert batch["step_labels"].tolist() == [1, 0, 1, 0]
     assert batch["step_groups"].tolist() == [0, 0, 0, 1]
     assert batch["row_buckets"].tolist() == [0, 1, 2]  # a forward costs nothing extra: one bucket per length
-
-
-def padded_tokens(lengths, buckets):
-    return sum(sum(1 for b in buckets if b == bucket) * max(n for n, b in zip(lengths, buckets) if b == bucket)
-               for bucket in set(buckets))
-
-
-def test_length_buckets_cut_the_padding_of_skewed_lengths():
-    lengths = [200, 60, 190, 64, 62, 210, 61, 63]  # two clusters: one forward pads all to 210
-    buckets = length_buckets(lengths, bucket_cost_tokens=64)
-    assert sorted(set(buckets)) == [0, 1]
-    assert {n for n, b in zip(lengths, buckets) if b == 0} == {200, 190, 210}  # bucket 0: the longest rows
-    assert padded_tokens(lengths, buckets) == 3 * 210 + 5 * 64 < len(lengths) * 210
-    # the cuts are optimal: no partition of the sorted rows into contiguous buckets costs less
-    ranked = sorted(lengths, reverse=True)
-    def cost(cuts):
-        edges = [0, *cuts, len(ranked)]
-        return sum((b - a) * ranked[a] + 64 for a, b in zip(edges, edges[1:]))
-    best = min(cost([i for i in range(1, len(ranked)) if mask >> i & 1]) for mask in range(2 ** len(ranked)))
-    assert padded_tokens(lengths, buckets) + 64 * len(set(buckets)) == best
-    # a forward that costs more than all the padding it would save: one bucket, as before
-    assert set(length_buckets(lengths, bucket_cost_tokens=10_000)) == {0}
-    assert length_buckets([], 64) == []
 
 
 def test_bucketed_forward_gives_the_scores_and_gradients_of_one_forward(tiny_model_dir):
