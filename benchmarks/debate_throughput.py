@@ -1,15 +1,17 @@
 """Debate engine throughput: the default debate stage's workload on the engine before and after this wave.
 
-    python benchmarks/debate_throughput.py [--questions 32] [--batch-size 64] [--device cpu]
+    python benchmarks/debate_throughput.py [--questions 64] [--batch-size 128] [--device cpu]
 
 The workload is what the debate stage runs per chunk (`debate.debate_chunk` with params.yaml's
 `debate` section: single agent, self-consistency samples, every round, the summarizer) on the
-first questions of the pipeline's test split. It runs three times on one loaded model, in one
-process: "before" prefills every row whole into transformers' concatenating KV cache (the engine
-of the previous release: `share_prefixes=False, cache_in_place=False`); "prefix sharing" prefills
-each batch's shared prefix and each distinct prompt once, in length buckets (`backends.prefill`);
-"after" also appends to the KV cache in place (`kv_cache.InPlaceLayer`), the engine the pipeline
-runs.
+first questions of the pipeline's test split. It runs four times on one loaded model, in one
+process, each engine adding one change to the one before: "before" prefills every row whole into
+transformers' concatenating KV cache (the engine of the previous release: `share_prefixes=False,
+cache_in_place=False`); "prefix sharing" prefills each batch's shared prefix and each distinct
+prompt once, in one forward (`backends.prefill`); "in-place cache" also appends to the KV cache in
+place (`kv_cache.InPlaceLayer`); "after" also cuts each prefill into length buckets
+(`backends.PREFILL_BUCKET_COST_TOKENS`, set here to the engine's value), the engine the pipeline
+runs. `--questions` as many as a debate chunk (`debate.chunk_size`) is one chunk's workload.
 
 Reported for each: the tokens that went through the model (padding and repeats included), the
 tokens that must be processed (prompt + generated), wall time, and the effective rate against a
@@ -38,6 +40,7 @@ from contextlib import contextmanager
 
 from common import TokenCounter, machine, matmul_peak_gflops, peak_rss_gib, reset_peak_rss, setup, write
 
+from agentark_utils import backends
 from agentark_utils.backends import HFBackend, OpenAIBackend
 from agentark_utils.debate import debate_chunk
 from agentark_utils.metrics import system_calls
@@ -50,16 +53,18 @@ def greedy_texts(records) -> list[str]:
     return [call["text"] for r in records for call in system_calls(r, "single")]
 
 
-ENGINES = {  # key: (what it is, share_prefixes, cache_in_place)
-    "before": ("every row prefilled whole", False, False),
-    "prefix_sharing": ("prefix sharing, length buckets", True, False),
-    "after": ("prefix sharing + in-place KV cache", True, True),
+ONE_FORWARD = 10**9  # a prefill bucket costing more than any padding: one forward per batch
+ENGINES = {  # key: (what it is, share_prefixes, cache_in_place, prefill bucket cost in tokens)
+    "before": ("every row prefilled whole", False, False, ONE_FORWARD),
+    "prefix_sharing": ("prefix sharing", True, False, ONE_FORWARD),
+    "in_place": ("+ in-place KV cache", True, True, ONE_FORWARD),
+    "after": ("+ prefill in length buckets", True, True, backends.PREFILL_BUCKET_COST_TOKENS),
 }
 
 
 def run(backend: HFBackend, questions, params, engine: str, n_params: int, peak: float
         ) -> tuple[dict, list[str], list[str]]:
-    label, backend.share_prefixes, backend.cache_in_place = ENGINES[engine]
+    label, backend.share_prefixes, backend.cache_in_place, backends.PREFILL_BUCKET_COST_TOKENS = ENGINES[engine]
     counter = TokenCounter(backend.model)
     model, backend.model = backend.model, counter
     reset_peak_rss()
@@ -131,7 +136,7 @@ def run_llama_cpp(binary: str, questions, params, parallel: int, threads: int, n
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--questions", type=int, default=32)
+    parser.add_argument("--questions", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=None, help="default: model.batch_size of params.yaml")
     parser.add_argument("--device", default=None, help="default: model.device of params.yaml")
     parser.add_argument("--llama-server", default=None, metavar="BIN", help="also run llama.cpp's llama-server")
@@ -157,15 +162,15 @@ def main() -> None:
         "machine": machine(device), "model": params.model.teacher, "dtype": dtype,
         "workload": {"questions": len(questions), "debate": params.debate.model_dump(), "batch_size": backend.batch_size},
         "matmul_peak_gflops": round(peak, 1), "model_parameters": n_params,
-        "before": before, "prefix_sharing": rows["prefix_sharing"], "after": after,
+        **rows,
         "speedup": round(before["wall_s"] / after["wall_s"], 2),
-        "speedup_prefix_sharing_only": round(before["wall_s"] / rows["prefix_sharing"]["wall_s"], 2),
+        "speedup_by_engine": {engine: round(before["wall_s"] / rows[engine]["wall_s"], 2) for engine in same},
         "tokens_must_process": must,
         "tokens_through_model_over_must_process": {"before": round(before["tokens_through_model"] / must, 2),
                                                    "after": round(after["tokens_through_model"] / must, 2)},
         "roofline_fraction": after["roofline_fraction"],
         "same_text": round(same["after"], 4),
-        "same_text_prefix_sharing_only": round(same["prefix_sharing"], 4),
+        "same_text_by_engine": {engine: round(share, 4) for engine, share in same.items()},
     }
     print(f"{'engine':>34} {'calls':>6} {'through model':>14} {'wall s':>8} {'gen tok/s':>10} {'GFLOP/s':>8} "
           f"{'roofline':>9}")
@@ -173,8 +178,8 @@ def main() -> None:
         print(f"{row['engine']:>34} {row['calls']:>6} {row['tokens_through_model']:>14} {row['wall_s']:>8} "
               f"{row['generated_tokens_per_s']:>10} {row['effective_gflops']:>8} {row['roofline_fraction']:>9}")
     print(f"tokens that must be processed (prompt + generated): {must}; matmul peak {peak:.0f} GFLOP/s ({dtype})")
-    print(f"speed-up {result['speedup']}x (prefix sharing alone {result['speedup_prefix_sharing_only']}x); identical "
-          f"text {same['after']:.1%} of {len(texts['after'])} generations")
+    print(f"speed-up over before: {result['speedup_by_engine']}; identical text {same} of "
+          f"{len(texts['after'])} generations")
     if args.llama_server:
         del backend  # its memory back before the server loads
         row, texts = run_llama_cpp(args.llama_server, questions, params, args.llama_parallel, args.llama_threads,
