@@ -4,9 +4,11 @@
   `min_correct` of them (the paper: 2) are dropped, for every strategy, so that all students train
   on the same questions.
 - Clean traces only: a trace becomes a training target only if it ended on its own (did not hit
-  `max_new_tokens`), does not echo the prompts' instructions, and is correct on an explicit
-  final-answer line (strict grade), so that nothing graded correct by accident ("the final answer
-  to the previous step: 8 + 0" with gold 8) teaches anything. A kept question needs at least one
+  `max_new_tokens`), does not echo the prompts' instructions, and states its answer explicitly:
+  on a final-answer line (strict grade), or as the result of a checked equation on its last line
+  ("6 * 8 = 48": every side evaluates to the same number, the last is the answer). Nothing graded
+  correct by accident teaches anything: "the final answer to the previous step: 8 + 0" with gold 8
+  states nothing, and "1 + 8 - 7 = 1 + 9 = 2" fails the check. A kept question needs at least one
   clean correct agent trace; `extraction_stats` counts what each filter dropped.
 - Corrective trace: an agent wrong (or unparsed) in round 1 and correct in its final round. Its
   target is that agent's final-round completion, trained under the question's own prompt (the
@@ -20,12 +22,15 @@ Each strategy's examples are prompt -> completion pairs with a weight; a questio
 
 from __future__ import annotations
 
+import ast
+import operator
 import random
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
+from agentark_utils.answers import canonical_number
 from agentark_utils.prompts import echoes_prompt, question_prompt
 from agentark_utils.tasks import Question, normalize_text
 
@@ -59,14 +64,53 @@ def corrective_agents(record: dict) -> list[int]:
 
 # --- clean traces -----------------------------------------------------------------------------
 
+_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+# How models write the operators that Python spells otherwise.
+_OPERATOR_SIGNS = str.maketrans({"\u00d7": "*", "\u00f7": "/", "\u2212": "-", "\u2013": "-"})
+
+
+def _evaluate(node: ast.AST) -> float:
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        value = _evaluate(node.operand)
+        return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+        return _OPERATORS[type(node.op)](_evaluate(node.left), _evaluate(node.right))
+    raise ValueError("not arithmetic")
+
+
+def arithmetic_value(text: str) -> float | None:
+    """The value of a plain arithmetic expression ('7 - 0 + 8', '6 × 8', '(3 + 4) / 2'), else None.
+    Parsed, never executed: only numbers, + - * / and brackets are read."""
+    text = text.translate(_OPERATOR_SIGNS).strip().strip("$").rstrip(".").strip()
+    if not text or len(text) > 200 or not re.fullmatch(r"[\d\s.+\-*/()]+", text):
+        return None
+    try:
+        return _evaluate(ast.parse(text, mode="eval").body)
+    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):
+        return None
+
+
+def states_checked_equation(text: str, answer: str | None) -> bool:
+    """True if the text's last line is an equation whose sides all evaluate to one number and whose
+    last side is `answer`: '7 - 0 + 8 = 7 + 8 = 15' states 15; '1 + 8 - 7 = 1 + 9 = 2' states nothing."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    sides = lines[-1].split("=") if lines else []
+    if len(sides) < 2 or answer is None or canonical_number(sides[-1].rstrip(". ")) != canonical_number(answer):
+        return False
+    values = [arithmetic_value(side) for side in sides]
+    return None not in values and all(abs(v - values[0]) <= 1e-9 * max(1.0, abs(values[0])) for v in values)
+
+
 def unclean_reason(call: dict) -> str | None:
     """Why a correct call's text must not become a training target, or None if it is clean."""
     if call.get("finish_reason") == "length":
         return "hit_max_new_tokens"
     if echoes_prompt(call["text"]):
         return "echoes_prompt"
-    if call.get("strict_status") != "correct":
-        return "no_final_answer_line"
+    if call.get("strict_status") != "correct" and not states_checked_equation(call["text"], call.get("answer")):
+        return "no_explicit_answer"
     return None
 
 

@@ -55,7 +55,7 @@ PATHS = {
     "debate": ("results/debate", {}),
     "extract": ("results/extract", {"debate_dir": "results/debate"}),
     "sft": ("results/sft/{strategy}", {"extract_dir": "results/extract", "model_dir": "models/{strategy}"}),
-    "pad": ("results/pad", {"debate_dir": "results/debate", "prm_dir": "models/prm", "model_dir": "models/pad"}),
+    "pad": ("results/pad", {"debate_dir": "results/debate", "extract_dir": "results/extract", "prm_dir": "models/prm", "model_dir": "models/pad"}),
     "pad_validation": ("results/pad_validation", {"pad_dir": "models/pad"}),
     "evaluate": ("results/eval", {"debate_dir": "results/debate", "figures_dir": "results/figures",
                                   "students": STUDENTS}),

@@ -157,12 +157,38 @@ def test_baselines_answer_only_and_single_agent_cot():
         ("Use them as additional advice: look for mistakes in their reasoning.\nFinal Answer: 5", "stop",
          "echoes_prompt"),
         ("Solve it step by step, with a blank line between steps.\nFinal Answer: 5", "stop", "echoes_prompt"),
-        ("the final answer to the previous step: 2 + 3", "stop", "no_final_answer_line"),  # correct by accident
-        ("so it is 5", "stop", "no_final_answer_line"),
+        ("the final answer to the previous step: 2 + 3", "stop", "no_explicit_answer"),  # correct by accident
+        ("so it is 5", "stop", "no_explicit_answer"),
+        ("2 + 3 = 5", "stop", None),  # a checked equation on the last line states the answer
+        ("First add.\n4 - 1 + 2 = 3 + 2 = 5.", "stop", None),
+        ("2 + 3 = 2 + 4 = 5", "stop", "no_explicit_answer"),  # a wrong step on the way: correct by accident
+        ("2 + 3 = 5\nso the total is 5", "stop", "no_explicit_answer"),  # the last line is no equation
     ],
 )
 def test_unclean_reason(text, finish_reason, reason):
     assert extraction.unclean_reason(call("correct", text, finish_reason)) == reason
+
+
+@pytest.mark.parametrize(
+    "text, answer, states",
+    [
+        ("6 * 8 = 48", "48", True),
+        ("6 × 8 = 48", "48", True),
+        ("48 = 6 * 8", "48", False),  # the answer must be the last side
+        ("7 - 0 + 8 = 7 - 0 + 8 = 7 + 8 = 15", "15", True),
+        ("1 + 8 - 7 = 1 + 9 = 2 + 9 = 2", "2", False),
+        ("(3 + 4) / 2 = 3.5", "3.5", True),
+        ("10 - 15 = -5", "-5", True),
+        ("6 * 8 = 48", "49", False),
+        ("x + 2 = 5", "5", False),  # not arithmetic
+        ("__import__('os') = 5", "5", False),
+        ("5", "5", False),  # no equation
+        ("", "5", False),
+        ("2 + 3 = 5", None, False),
+    ],
+)
+def test_states_checked_equation(text, answer, states):
+    assert extraction.states_checked_equation(text, answer) is states
 
 
 def test_unclean_traces_never_become_targets_and_are_counted():
@@ -176,7 +202,7 @@ def test_unclean_traces_never_become_targets_and_are_counted():
     assert [e.completion for e in examples["da"]] == ["2 + 3 = 5\nFinal Answer: 5"]
     stats = extraction.extraction_stats([a, b], 2, examples)
     assert stats["n_dropped_no_clean_trace"] == 1 and stats["n_kept"] == 1
-    assert stats["unclean_correct_traces"] == {"echoes_prompt": 1, "hit_max_new_tokens": 1, "no_final_answer_line": 2}
+    assert stats["unclean_correct_traces"] == {"echoes_prompt": 1, "hit_max_new_tokens": 1, "no_explicit_answer": 2}
     assert stats["clean_correct_traces"] == 1 and stats["correct_traces"] == 5
 
 

@@ -134,13 +134,18 @@ def test_pad_notebook(tmp_path, tiny_model_dir):
         record([[("correct", good), ("wrong", bad)]], "t1", split="test"),
         record([[("wrong", bad), ("wrong", bad)]], "t2", split="test"),
     ])
+    extract_dir = tmp_path / "extract"  # extraction kept "a" only: GRPO's one prompt
+    append_jsonl(extract_dir / "rsft.jsonl", [{"question_id": "a", "prompt": "p", "completion": good, "weight": 1.0,
+                                               "source": "agent 0"}])
     out, prm_dir, model_dir = tmp_path / "pad", tmp_path / "models" / "prm", tmp_path / "models" / "pad"
     run_stage("pad", tiny_params(tmp_path, tiny_model_dir), out_dir=str(out),
-              paths={"debate_dir": str(debate_dir), "prm_dir": str(prm_dir), "model_dir": str(model_dir)})
+              paths={"debate_dir": str(debate_dir), "extract_dir": str(extract_dir), "prm_dir": str(prm_dir),
+                     "model_dir": str(model_dir)})
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["prm"]["n_questions"] == 2 and metrics["prm"]["held-out"]["n_steps"] == 4
     assert 0 <= metrics["prm"]["held-out"]["auroc"] <= 1
-    assert metrics["grpo"]["steps"] == 1 and metrics["grpo"]["prompts_seen"] == 2  # both training questions
+    assert metrics["grpo"]["n_prompts"] == 1  # the kept question, not "b"
+    assert metrics["grpo"]["steps"] == 1 and metrics["grpo"]["prompts_seen"] == 2  # a step's two, repeats included
     assert 0 <= metrics["grpo"]["frac_groups_nonzero_std"] <= 1
     assert set(metrics["prm"]["held_out_vs_baselines"]) == {"PRM", "untrained head", "fewer steps", "shorter trace",
                                                             "earlier step"}
