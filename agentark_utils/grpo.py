@@ -98,9 +98,12 @@ def train_grpo(questions: list[Question], student: str, scorer, out_dir: str | P
     from agentark_utils.models import load_causal_lm, save_atomically
     from agentark_utils.rewards import build_rewards
 
-    if not questions:
-        raise ValueError("GRPO needs at least one training question")
     out_dir = Path(out_dir)
+    if not questions:  # extraction kept nothing: the student stays the base, as SFT on no rows does
+        model, tokenizer = load_causal_lm(student, dtype="float32", device="cpu", trust_remote_code=trust_remote_code)
+        save_atomically(model, tokenizer, out_dir)
+        return GRPOResult(steps=0, n_prompts=0, prompts_seen=0, epochs_covered=0.0,
+                          frac_groups_nonzero_std=float("nan"), wall_s=0.0, used_vllm=False)
     ckpt_dir = out_dir.with_name(out_dir.name + ".checkpoints")
     if isinstance(scorer, (str, Path)):
         from agentark_utils.prm import StepScorer

@@ -133,3 +133,12 @@ def test_the_checkpoint_fingerprint_follows_the_scorer_it_trains_against(tiny_mo
     other = params.model_copy(update={"learning_rate": 2e-5})
     assert checkpoint_fingerprint(str(tiny_model_dir), other, QUESTIONS,
                                   SimpleNamespace(prm_dir=str(tiny_model_dir), max_length=512)) != scored_to(512)
+
+
+def test_no_kept_question_leaves_the_student_as_the_base(tiny_model_dir, tmp_path):
+    """Extraction kept nothing: like SFT on no rows, PAD is the base model, saved, after no step."""
+    params = GRPOParams(group_size=2, batch_size=2, learning_rate=1e-2, max_completion_length=8)
+    result = train_grpo([], str(tiny_model_dir), "no PRM is read", tmp_path / "pad", params, device="cpu")
+    assert (result.steps, result.n_prompts, result.prompts_seen, result.log) == (0, 0, 0, [])
+    after, before = load_file(tmp_path / "pad" / "model.safetensors"), load_file(tiny_model_dir / "model.safetensors")
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
