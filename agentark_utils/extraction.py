@@ -22,14 +22,13 @@ Each strategy's examples are prompt -> completion pairs with a weight; a questio
 
 from __future__ import annotations
 
-import ast
-import operator
 import random
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
+from agentark_utils import arithmetic
 from agentark_utils.answers import canonical_number
 from agentark_utils.prompts import echoes_prompt, question_prompt
 from agentark_utils.tasks import Question, normalize_text
@@ -64,34 +63,6 @@ def corrective_agents(record: dict) -> list[int]:
 
 # --- clean traces -----------------------------------------------------------------------------
 
-_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
-# How models write the operators that Python spells otherwise.
-_OPERATOR_SIGNS = str.maketrans({"\u00d7": "*", "\u00f7": "/", "\u2212": "-", "\u2013": "-"})
-
-
-def _evaluate(node: ast.AST) -> float:
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        return node.value
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        value = _evaluate(node.operand)
-        return -value if isinstance(node.op, ast.USub) else value
-    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
-        return _OPERATORS[type(node.op)](_evaluate(node.left), _evaluate(node.right))
-    raise ValueError("not arithmetic")
-
-
-def arithmetic_value(text: str) -> float | None:
-    """The value of a plain arithmetic expression ('7 - 0 + 8', '6 × 8', '(3 + 4) / 2'), else None.
-    Parsed, never executed: only numbers, + - * / and brackets are read."""
-    text = text.translate(_OPERATOR_SIGNS).strip().strip("$").rstrip(".").strip()
-    if not text or len(text) > 200 or not re.fullmatch(r"[\d\s.+\-*/()]+", text):
-        return None
-    try:
-        return _evaluate(ast.parse(text, mode="eval").body)
-    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):
-        return None
-
-
 def states_checked_equation(text: str, answer: str | None) -> bool:
     """True if the text's last line is an equation whose sides all evaluate to one number and whose
     last side is `answer`: '7 - 0 + 8 = 7 + 8 = 15' states 15; '1 + 8 - 7 = 1 + 9 = 2' states nothing."""
@@ -99,7 +70,7 @@ def states_checked_equation(text: str, answer: str | None) -> bool:
     sides = lines[-1].split("=") if lines else []
     if len(sides) < 2 or answer is None or canonical_number(sides[-1].rstrip(". ")) != canonical_number(answer):
         return False
-    values = [arithmetic_value(side) for side in sides]
+    values = [arithmetic.evaluate(side) for side in sides]
     return None not in values and all(abs(v - values[0]) <= 1e-9 * max(1.0, abs(values[0])) for v in values)
 
 

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from agentark_utils import arithmetic
 from agentark_utils.prompts import render_chat, user_turn
-from agentark_utils.robustness import evaluate_arithmetic
 from agentark_utils.steps import STEP_SEPARATOR
 from agentark_utils.tasks import Question
 
@@ -31,7 +31,7 @@ def arithmetic_steps(expression: str) -> list[str] | None:
         return None
     steps, value = [], int(tokens[0])
     for op, number in zip(tokens[1::2], tokens[2::2]):
-        new = evaluate_arithmetic(f"{value} {op} {number}")
+        new = arithmetic.evaluate(f"{value} {op} {number}")
         steps.append(f"{value} {op} {number} = {new}")
         value = new
     return steps

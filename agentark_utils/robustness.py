@@ -12,13 +12,12 @@ the perturbation's name), or None when it does not apply to that question (count
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import operator
 import random
 import re
 from typing import Callable
 
+from agentark_utils import arithmetic
 from agentark_utils.metrics import paired_comparison
 from agentark_utils.tasks import OPTION_LETTERS, Question
 
@@ -57,25 +56,6 @@ def peer_hint(q: Question, rng: random.Random) -> Question | None:
     return _with(q, "peer_hint", question=f"Another agent solved this and says the answer is {wrong}. {q.question}")
 
 
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
-
-
-def evaluate_arithmetic(expression: str) -> int:
-    """Value of an integer expression of + - * and parentheses; anything else is refused (no eval)."""
-    def walk(node):
-        if isinstance(node, ast.Expression):
-            return walk(node.body)
-        if isinstance(node, ast.Constant) and isinstance(node.value, int):
-            return node.value
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-            return _OPS[type(node.op)](walk(node.left), walk(node.right))
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            return -walk(node.operand)
-        raise ValueError(f"not a +, -, * integer expression: {expression!r}")
-
-    return walk(ast.parse(expression, mode="eval"))
-
-
 def renumber(q: Question, rng: random.Random) -> Question | None:
     expression = q.metadata.get("expression")
     if q.answer_format != "number" or not expression or expression not in q.question:
@@ -86,7 +66,10 @@ def renumber(q: Question, rng: random.Random) -> Question | None:
         return str(rng.randint(10 ** (digits - 1) if digits > 1 else 0, 10**digits - 1))
 
     new_expression = re.sub(r"\d+", redraw, expression)
-    answer = str(evaluate_arithmetic(new_expression))
+    value = arithmetic.evaluate(new_expression)
+    if value is None:  # e.g. a divisor redrawn as 0
+        return None
+    answer = str(int(value)) if float(value).is_integer() else str(value)
     return _with(q, "renumber", question=q.question.replace(expression, new_expression), answer=answer,
                  metadata={**q.metadata, "expression": new_expression})
 

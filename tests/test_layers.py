@@ -13,7 +13,7 @@ LAYERS = [
     # infrastructure, no research content: files, run identity, parameters, model loading, processes
     ["store", "project", "config", "runs", "training", "models", "launch", "kv_cache", "batching"],
     # the domain: questions, the step format, the prompts, grading
-    ["tasks", "steps", "prompts", "answers"],
+    ["tasks", "steps", "prompts", "answers", "arithmetic"],
     # tools on top of the domain: statistics, figures, the paper's numbers, generation engines
     ["metrics", "plots", "paper", "backends"],
     # the paper's phases and analyses
