@@ -37,6 +37,11 @@ def distractor(q: Question, rng: random.Random) -> Question:
     return _with(q, "distractor", question=f"{sentence} {q.question}")
 
 
+def _number_text(value: float) -> str:
+    """A computed answer as a gold string: '7' for 7.0 (golds carry no '.0'), else Python's repr."""
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
 def _wrong_answer(q: Question, rng: random.Random) -> str | None:
     if q.choices:
         letters = [letter for letter in OPTION_LETTERS[: len(q.choices)] if letter != q.answer.upper()]
@@ -46,7 +51,7 @@ def _wrong_answer(q: Question, rng: random.Random) -> str | None:
     except ValueError:
         return None
     wrong = value + rng.choice([-3, -2, -1, 1, 2, 3])
-    return str(int(wrong)) if wrong.is_integer() else str(wrong)
+    return _number_text(wrong)
 
 
 def peer_hint(q: Question, rng: random.Random) -> Question | None:
@@ -69,8 +74,7 @@ def renumber(q: Question, rng: random.Random) -> Question | None:
     value = arithmetic.evaluate(new_expression)
     if value is None:  # e.g. a divisor redrawn as 0
         return None
-    answer = str(int(value)) if float(value).is_integer() else str(value)
-    return _with(q, "renumber", question=q.question.replace(expression, new_expression), answer=answer,
+    return _with(q, "renumber", question=q.question.replace(expression, new_expression), answer=_number_text(value),
                  metadata={**q.metadata, "expression": new_expression})
 
 
