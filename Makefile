@@ -74,6 +74,7 @@ bench: setup
 	dvc repro provision_model
 	python benchmarks/debate_throughput.py $(if $(wildcard $(LLAMA_SERVER)),--llama-server $(LLAMA_SERVER))
 	python benchmarks/decode_step.py
+	python benchmarks/round_cache.py
 	python benchmarks/cost.py
 	python benchmarks/training_step.py
 

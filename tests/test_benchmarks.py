@@ -32,3 +32,48 @@ def test_benchmark_questions_are_the_pipelines_test_questions(monkeypatch):
     assert [q.id for q in questions] == [q.id for q in test[:8]]
     check_disjoint(train, questions)
     sys.modules.pop("common", None)
+
+
+def test_round_cache_keeps_exactly_the_agents_own_context(tiny_model_dir, monkeypatch):
+    """The keep-or-rebuild bound skips, per later-round prompt, the tokens of the agent's own
+    previous turns (what a kept cache would hold) and nothing of its peers' turn; batches follow
+    `HFBackend.generate` (longest first, batch_size rows)."""
+    from agentark_utils.backends import HFBackend
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    round_cache = importlib.import_module("round_cache")
+    backend = HFBackend(str(tiny_model_dir), dtype="float32", device="cpu", batch_size=2)
+    own = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5. Final Answer: 5"}]
+    peers = {"role": "user", "content": "Other agents answered 6 and 7. Revise your answer."}
+    ids = backend._prompt_ids(own + [peers])
+    kept = round_cache.kept_length(backend, own + [peers])
+    text = backend.tokenizer.decode(ids[:kept])
+    assert text.endswith("Final Answer: 5<|im_end|>\n") and "Other agents" not in text
+    assert backend.tokenizer.decode(ids[kept:]).startswith("<|im_start|>user\nOther agents")
+
+    short = own + [{"role": "user", "content": "Revise."}]
+    batches = round_cache.later_round_batches(backend, [[short, own + [peers], short]])
+    assert [len(batch) for batch in batches] == [2, 1]
+    assert batches[0][0][0] == ids and batches[0][0][1] == kept  # the longest prompt first
+    sys.modules.pop("round_cache", None)
+
+
+def test_round_cache_captures_later_round_prompts_as_sent(tiny_model_dir, monkeypatch):
+    """The debate appends each answer to the agent's context after the call: the captured prompts
+    must be copies, ending with the peers' turn, not the answer that followed."""
+    from agentark_utils.backends import HFBackend
+    from agentark_utils.config import DebateParams
+    from agentark_utils.debate import debate_chunk
+    from agentark_utils.tasks import load_task
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    round_cache = importlib.import_module("round_cache")
+    backend = HFBackend(str(tiny_model_dir), dtype="float32", device="cpu", batch_size=8)
+    _, questions = load_task("arith_mix", 0, 2, seed=0)
+    cfg = DebateParams(n_agents=2, rounds=2, temperature=0.0, max_new_tokens=4, summarizer_max_new_tokens=4, early_stop=False)
+    with round_cache.later_round_calls(backend) as calls:
+        debate_chunk(questions, backend, cfg, seed=0, self_consistency=False)
+    assert len(calls) == 1 and len(calls[0]) == 4  # round 2 only: 2 questions x 2 agents
+    assert all([m["role"] for m in c] == ["user", "assistant", "user"] for c in calls[0])
+    assert "generate" not in vars(backend)  # the wrapper is gone after the block
+    sys.modules.pop("round_cache", None)
