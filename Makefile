@@ -75,6 +75,7 @@ bench: setup
 	python benchmarks/debate_throughput.py $(if $(wildcard $(LLAMA_SERVER)),--llama-server $(LLAMA_SERVER))
 	python benchmarks/decode_step.py
 	python benchmarks/round_cache.py
+	python benchmarks/precision.py
 	python benchmarks/cost.py
 	python benchmarks/training_step.py
 

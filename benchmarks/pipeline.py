@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import subprocess
 import time
 from pathlib import Path
 
 import yaml
+from common import machine
+
+from agentark_utils.training import torch_device
 
 
 def stage_names(dvc_yaml: Path) -> list[str]:
@@ -42,8 +44,7 @@ def main() -> None:
     stages = {name: round(timed(["dvc", "repro", "--single-item", name]), 1) for name in stage_names(Path("dvc.yaml"))}
     noop = round(timed(["dvc", "repro"]), 1)
     result = {
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version()},
+        "machine": {**machine(torch_device("auto")), "python": platform.python_version()},
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
         "stages_s": stages, "total_s": round(sum(stages.values()), 1), "noop_s": noop,
         "targets": {"total_s": 2700, "noop_s": 15},

@@ -15,8 +15,8 @@ Reported per variant: real (non-pad) tokens/s, the padded fraction of the tokens
 roofline fraction: 6 x parameters x real tokens/s over the best fp32 matrix-product rate measured
 in the same run (SFT counts every parameter, the tied embedding once, as the output projection;
 the PRM's embedding is a lookup and is not counted). Attention's own FLOPs are left out.
-Then the SFT AFTER batches again under bf16 autocast, for the precision choice (the `bf16` keys of
-the sft, prm and grpo sections). Writes results/benchmarks/training_step.json.
+Then the first SFT AFTER batches again, each stepped in fp32 and under bf16 autocast in turn, for
+the precision choice (the `bf16` keys of the sft, prm and grpo sections). Writes results/benchmarks/training_step.json.
 """
 
 from __future__ import annotations
@@ -120,8 +120,8 @@ def summary(seconds: list[float], real: int, processed: int, n_params: int, peak
             "roofline_fraction": round(6 * n_params * rate / 1e9 / peak_gflops, 3)}
 
 
-def compare(stepper: Stepper, before: list[dict], after: list[dict], counts, peak: float) -> tuple[dict, dict]:
-    """One warm-up step (not counted), then BEFORE and AFTER steps interleaved; the figures and each step's time."""
+def compare(stepper: Stepper, before: list[dict], after: list[dict], counts, peak: float) -> dict:
+    """One warm-up step (not counted), then BEFORE and AFTER steps interleaved; the figures of each."""
     stepper.step(before[0])
     times = {"before": [], "after": []}
     for i in range(max(len(before), len(after))):
@@ -131,7 +131,7 @@ def compare(stepper: Stepper, before: list[dict], after: list[dict], counts, pea
     out = {name: summary(times[name], *counts(batches), stepper.n_params, peak)
            for name, batches in (("before", before), ("after", after))}
     out["speedup"] = round(out["after"]["real_tokens_per_s"] / out["before"]["real_tokens_per_s"], 2)
-    return out, times
+    return out
 
 
 def sft_counts(batches: list[dict]) -> tuple[int, int]:
@@ -165,7 +165,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="default: model.student of params.yaml")
     parser.add_argument("--rows", type=int, default=48, help="SFT rows: one epoch (default: R-SFT's 48 questions)")
     parser.add_argument("--questions", type=int, default=8, help="PRM questions of 6 traces: one epoch")
-    parser.add_argument("--bf16-steps", type=int, default=3, help="SFT AFTER steps timed again under bf16 autocast")
+    parser.add_argument("--bf16-steps", type=int, default=3, help="SFT AFTER batches timed again, in fp32 and bf16 autocast in turn")
     parser.add_argument("--prm-bucket-cost-tokens", type=int, default=None,
                         help="AFTER's prm.bucket_cost_tokens (default: params.yaml's)")
     parser.add_argument("--device", default=None, help="default: model.device of params.yaml")
@@ -187,16 +187,19 @@ def main() -> None:
     grouped = LengthGroupedBatches([len(r["input_ids"]) for r in rows], bs, seed=0).batches()
     after = [sft_batch([rows[i] for i in batch], pad) for batch in grouped]
     sft_stepper = Stepper(model, sft_loss, sum(p.numel() for p in model.parameters()))
-    figures, times = compare(sft_stepper, before, after, sft_counts, peak)
-    sft = {"rows": len(rows), "batch_size": bs, **figures}
+    sft = {"rows": len(rows), "batch_size": bs, **compare(sft_stepper, before, after, sft_counts, peak)}
 
-    # bf16 autocast on the first AFTER batches, against their fp32 times above
+    # bf16 autocast against fp32 on the first AFTER batches: each batch stepped in both precisions,
+    # one after the other, so that a change in the machine's load hits both alike
     n_bf16 = min(args.bf16_steps, len(after))
     precision = {}
     if n_bf16:
-        sft_stepper.step(after[0], bf16=True)  # warm-up
-        bf16 = [sft_stepper.step(after[i], bf16=True) for i in range(n_bf16)]
-        precision = {"float32": {"s_per_step": round(sum(times["after"][:n_bf16]) / n_bf16, 3)},
+        sft_stepper.step(after[0], bf16=True)  # warm-up: bf16 kernels and casts
+        fp32, bf16 = [], []
+        for batch in after[:n_bf16]:
+            fp32.append(sft_stepper.step(batch))
+            bf16.append(sft_stepper.step(batch, bf16=True))
+        precision = {"float32": {"s_per_step": round(sum(fp32) / n_bf16, 3)},
                      "bf16 autocast": {"s_per_step": round(sum(bf16) / n_bf16, 3)}}
         precision["bf16_speedup"] = round(precision["float32"]["s_per_step"] / precision["bf16 autocast"]["s_per_step"], 2)
     del model, sft_stepper
@@ -216,7 +219,7 @@ def main() -> None:
     prm = {"questions": len(items), "traces_per_question": TRACES_PER_QUESTION, "batch_questions": bq,
            "bucket_cost_tokens": bucket_cost,
            **compare(prm_stepper, [one_forward(q) for q in question_batches], [bucketed(q) for q in question_batches],
-                     prm_counts, peak)[0]}
+                     prm_counts, peak)}
 
     print(f"\n{'':14}{'real tok/s':>11}{'padded':>8}{'roofline':>9}{'s/step':>8}")
     for name, section in (("SFT", sft), ("PRM", prm)):

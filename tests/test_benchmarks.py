@@ -77,3 +77,19 @@ def test_round_cache_captures_later_round_prompts_as_sent(tiny_model_dir, monkey
     assert all([m["role"] for m in c] == ["user", "assistant", "user"] for c in calls[0])
     assert "generate" not in vars(backend)  # the wrapper is gone after the block
     sys.modules.pop("round_cache", None)
+
+
+@pytest.mark.parametrize("cpuinfo, expected", [
+    ("flags\t\t: fpu sse avx512f avx512_bf16 amx_bf16 amx_tile\n", ["avx512_bf16", "amx_bf16"]),
+    ("flags\t\t: fpu sse avx512f avx512_bf16\nflags\t\t: fpu sse avx512f avx512_bf16\n", ["avx512_bf16"]),
+    ("flags\t\t: fpu sse avx2 amx_bf16_extra\n", []),  # a flag counts whole, not as a prefix
+    (None, []),  # no /proc/cpuinfo (not Linux)
+])
+def test_benchmarks_record_the_cpu_flags_that_decide_precision(cpuinfo, expected, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    common = importlib.import_module("common")
+    path = tmp_path / "cpuinfo"
+    if cpuinfo is not None:
+        path.write_text(cpuinfo)
+    assert common.cpu_flags(path) == expected
+    sys.modules.pop("common", None)
