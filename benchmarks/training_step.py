@@ -134,6 +134,18 @@ def compare(stepper: Stepper, before: list[dict], after: list[dict], counts, pea
     return out
 
 
+def precision_steps(stepper: Stepper, batches: list[dict]) -> tuple[list[float], list[float]]:
+    """Each batch's step time in fp32 and under bf16 autocast, after one bf16 warm-up step (its kernels
+    and casts): each batch stepped in both precisions, one right after the other, so that a change
+    in the machine's load hits both alike."""
+    stepper.step(batches[0], bf16=True)
+    fp32, bf16 = [], []
+    for batch in batches:
+        fp32.append(stepper.step(batch))
+        bf16.append(stepper.step(batch, bf16=True))
+    return fp32, bf16
+
+
 def sft_counts(batches: list[dict]) -> tuple[int, int]:
     return sum(int(b["attention_mask"].sum()) for b in batches), sum(b["input_ids"].numel() for b in batches)
 
@@ -189,16 +201,11 @@ def main() -> None:
     sft_stepper = Stepper(model, sft_loss, sum(p.numel() for p in model.parameters()))
     sft = {"rows": len(rows), "batch_size": bs, **compare(sft_stepper, before, after, sft_counts, peak)}
 
-    # bf16 autocast against fp32 on the first AFTER batches: each batch stepped in both precisions,
-    # one after the other, so that a change in the machine's load hits both alike
+    # bf16 autocast against fp32 on the first AFTER batches
     n_bf16 = min(args.bf16_steps, len(after))
     precision = {}
     if n_bf16:
-        sft_stepper.step(after[0], bf16=True)  # warm-up: bf16 kernels and casts
-        fp32, bf16 = [], []
-        for batch in after[:n_bf16]:
-            fp32.append(sft_stepper.step(batch))
-            bf16.append(sft_stepper.step(batch, bf16=True))
+        fp32, bf16 = precision_steps(sft_stepper, after[:n_bf16])
         precision = {"float32": {"s_per_step": round(sum(fp32) / n_bf16, 3)},
                      "bf16 autocast": {"s_per_step": round(sum(bf16) / n_bf16, 3)}}
         precision["bf16_speedup"] = round(precision["float32"]["s_per_step"] / precision["bf16 autocast"]["s_per_step"], 2)

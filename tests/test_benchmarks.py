@@ -93,3 +93,24 @@ def test_benchmarks_record_the_cpu_flags_that_decide_precision(cpuinfo, expected
         path.write_text(cpuinfo)
     assert common.cpu_flags(path) == expected
     sys.modules.pop("common", None)
+
+
+def test_precision_is_compared_on_each_batch_in_turn(monkeypatch):
+    """fp32 and bf16 steps of the same batch run back to back after a bf16 warm-up, so drifting load
+    hits both alike (it used to compare bf16 steps with fp32 times from an earlier epoch)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    training_step = importlib.import_module("training_step")
+
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def step(self, batch, bf16=False):
+            self.calls.append((batch["id"], bf16))
+            return 2.0 if bf16 else 3.0
+
+    stepper = Recorder()
+    fp32, bf16 = training_step.precision_steps(stepper, [{"id": 0}, {"id": 1}])
+    assert stepper.calls == [(0, True), (0, False), (0, True), (1, False), (1, True)]
+    assert fp32 == [3.0, 3.0] and bf16 == [2.0, 2.0]
+    sys.modules.pop("training_step", None)
