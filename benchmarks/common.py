@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -23,19 +24,29 @@ def setup(n_questions: int):
     return params, test[:n_questions]
 
 
-def matmul_peak_gflops(dtype: str, size: int = 1024, repeats: int = 20) -> float:
-    """Best rate of square matrix products on this machine (the roofline's ceiling)."""
+def at_least_one(text: str) -> int:
+    """argparse type for counts such as --repeats: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def matmul_peak_gflops(dtype: str, shape: tuple[int, int, int] = (1024, 1024, 1024), repeats: int = 20) -> float:
+    """Best rate of (m x k) @ (k x n) matrix products on this machine, shape = (m, k, n): the
+    roofline's ceiling with square ones, a layer's rate with the model's own shape."""
     import torch
 
-    a = torch.randn(size, size, dtype=getattr(torch, dtype))
-    b = torch.randn(size, size, dtype=getattr(torch, dtype))
+    m, k, n = shape
+    a = torch.randn(m, k, dtype=getattr(torch, dtype))
+    b = torch.randn(k, n, dtype=getattr(torch, dtype))
     a @ b  # warm-up
     best = float("inf")
     for _ in range(repeats):
         began = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - began)
-    return 2 * size**3 / best / 1e9
+    return 2 * m * k * n / best / 1e9
 
 
 class TokenCounter:

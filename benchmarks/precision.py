@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import machine, setup, write
+from common import at_least_one, machine, matmul_peak_gflops, setup, write
 
 from agentark_utils.backends import HFBackend
 from agentark_utils.prompts import question_prompt, user_turn
@@ -28,35 +28,19 @@ DTYPES = ("float32", "bfloat16")
 MLP_SHAPE = (4096, 576, 1536)  # tokens x hidden x intermediate
 
 
-def matmul_gflops(dtype: str, repeats: int = 10) -> float:
-    import torch
-
-    m, k, n = MLP_SHAPE
-    a, b = torch.randn(m, k, dtype=getattr(torch, dtype)), torch.randn(k, n, dtype=getattr(torch, dtype))
-    a @ b  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        began = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - began)
-    return 2 * m * k * n / best / 1e9
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--questions", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=2, help="timings per precision; the best is kept")
+    parser.add_argument("--repeats", type=at_least_one, default=2, help="timings per precision; the best is kept")
     parser.add_argument("--device", default=None, help="default: model.device of params.yaml")
     args = parser.parse_args()
-    if args.repeats < 1:
-        raise SystemExit("--repeats must be at least 1")
     params, questions = setup(args.questions)
     device = torch_device(args.device or params.model.device)
 
     gflops = {dtype: 0.0 for dtype in DTYPES}
     for _ in range(args.repeats):
         for dtype in DTYPES:
-            gflops[dtype] = max(gflops[dtype], matmul_gflops(dtype))
+            gflops[dtype] = max(gflops[dtype], matmul_peak_gflops(dtype, MLP_SHAPE, repeats=10))
 
     backends = {dtype: HFBackend(params.model.teacher, dtype=dtype, device=device, batch_size=params.model.batch_size)
                 for dtype in DTYPES}

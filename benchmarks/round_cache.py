@@ -24,7 +24,7 @@ import argparse
 import time
 from contextlib import contextmanager
 
-from common import machine, setup, write
+from common import at_least_one, machine, setup, write
 
 from agentark_utils.backends import HFBackend, prefill
 from agentark_utils.debate import debate_chunk
@@ -93,11 +93,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--questions", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=None, help="default: model.batch_size of params.yaml")
-    parser.add_argument("--repeats", type=int, default=2, help="timings per batch and variant; the best is kept")
+    parser.add_argument("--repeats", type=at_least_one, default=2, help="timings per batch and variant; the best is kept")
     parser.add_argument("--device", default=None, help="default: model.device of params.yaml")
     args = parser.parse_args()
-    if args.repeats < 1:
-        raise SystemExit("--repeats must be at least 1")
     params, questions = setup(args.questions)
     if params.debate.rounds < 2:
         raise SystemExit("debate.rounds is 1: no later round, nothing to keep")

@@ -186,7 +186,7 @@ def main() -> None:
     params = load_params("params.yaml")
     device = torch_device(args.device or params.model.device)
     model_name = args.model or params.model.student
-    peak = matmul_peak_gflops("float32", size=2048, repeats=10)
+    peak = matmul_peak_gflops("float32", (2048, 2048, 2048), repeats=10)
     print(f"fp32 matrix-product peak (2048x2048, best of 10): {peak:.0f} GFLOP/s")
 
     model, tokenizer = load_causal_lm(model_name, dtype="float32", device=device)

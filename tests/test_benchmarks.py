@@ -114,3 +114,17 @@ def test_precision_is_compared_on_each_batch_in_turn(monkeypatch):
     assert stepper.calls == [(0, True), (0, False), (0, True), (1, False), (1, True)]
     assert fp32 == [3.0, 3.0] and bf16 == [2.0, 2.0]
     sys.modules.pop("training_step", None)
+
+
+@pytest.mark.parametrize("text, expected", [("1", 1), ("7", 7), ("0", None), ("-2", None), ("two", None)])
+def test_benchmark_counts_must_be_at_least_one(text, expected, monkeypatch):
+    import argparse
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    common = importlib.import_module("common")
+    if expected is None:
+        with pytest.raises((argparse.ArgumentTypeError, ValueError)):
+            common.at_least_one(text)
+    else:
+        assert common.at_least_one(text) == expected
+    sys.modules.pop("common", None)
