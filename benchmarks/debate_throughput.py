@@ -4,20 +4,27 @@
 
 The workload is what the debate stage runs per chunk (`debate.debate_chunk` with params.yaml's
 `debate` section: single agent, self-consistency samples, every round, the summarizer) on the
-first questions of the pipeline's test split. It runs four times on one loaded model, in one
+first questions of the pipeline's test split. It runs six times on one loaded model, in one
 process, each engine adding one change to the one before: "before" prefills every row whole into
-transformers' concatenating KV cache (the engine of the previous release: `share_prefixes=False,
-cache_in_place=False`); "prefix sharing" prefills each batch's shared prefix and each distinct
-prompt once, in one forward (`backends.prefill`); "in-place cache" also appends to the KV cache in
-place (`kv_cache.InPlaceLayer`); "after" also cuts each prefill into length buckets
-(`backends.PREFILL_BUCKET_COST_TOKENS`, set here to the engine's value), the engine the pipeline
-runs. `--questions` as many as a debate chunk (`debate.chunk_size`) is one chunk's workload.
+transformers' concatenating KV cache, samples with torch.multinomial row by row and copies the
+cache in order when a row finishes (the engine of the previous release: `share_prefixes=False,
+cache_in_place=False`, and this file's `multinomial_tokens` and `select_rows_in_order`); "prefix
+sharing" prefills each batch's shared prefix and each distinct prompt once, in one forward
+(`backends.prefill`); "in-place cache" also appends to the KV cache in place
+(`kv_cache.InPlaceLayer`); "length buckets" also cuts each prefill into length buckets
+(`backends.PREFILL_BUCKET_COST_TOKENS`, set here to the engine's value); "one uniform per draw"
+also samples by inverting the CDF (`backends.sample_tokens`); "after" also moves running rows
+into finished rows' slots (`kv_cache.drop_rows`): the engine the pipeline runs. `--questions` as
+many as a debate chunk (`debate.chunk_size`) is one chunk's workload.
 
 Reported for each: the tokens that went through the model (padding and repeats included), the
 tokens that must be processed (prompt + generated), wall time, and the effective rate against a
 roofline: 2 x parameters x tokens that must be processed, per second, over the matrix-product peak
-measured on this machine in the same run (same dtype). Sampling is seeded per conversation, so all
-engines must give the same text; the share of generations identical to "before" is reported.
+measured on this machine in the same run (same dtype). Greedy answers must be the same on every
+engine: the share of the single agent's answers identical to "before" is reported. Sampling is
+seeded per conversation, so every engine gives the text of the one before it, except "one uniform
+per draw", which draws other samples from the same distribution: the share of all generations
+identical to the previous engine's is reported too.
 Writes results/benchmarks/debate_throughput.json.
 
 The peer, with `--llama-server BIN` (llama.cpp's `llama-server`, built from the vendored source of
@@ -40,7 +47,7 @@ from contextlib import contextmanager
 
 from common import TokenCounter, machine, matmul_peak_gflops, peak_rss_gib, reset_peak_rss, setup, write
 
-from agentark_utils import backends
+from agentark_utils import backends, kv_cache
 from agentark_utils.backends import HFBackend, OpenAIBackend
 from agentark_utils.debate import debate_chunk
 from agentark_utils.metrics import system_calls
@@ -53,18 +60,41 @@ def greedy_texts(records) -> list[str]:
     return [call["text"] for r in records for call in system_calls(r, "single")]
 
 
+def multinomial_tokens(logits, temperature: float, generators=None):
+    """The sampler of the engine before: torch.multinomial, one row at a time."""
+    import torch
+
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    return torch.stack([torch.multinomial(p, 1, generator=g).squeeze(-1) for p, g in zip(probs, generators)])
+
+
+def select_rows_in_order(cache, running):
+    """The row dropping of the engine before: every layer's whole cache copied, rows kept in order."""
+    keep = running.nonzero().squeeze(-1)
+    cache.batch_select_indices(keep)
+    return keep
+
+
 ONE_FORWARD = 10**9  # a prefill bucket costing more than any padding: one forward per batch
-ENGINES = {  # key: (what it is, share_prefixes, cache_in_place, prefill bucket cost in tokens)
-    "before": ("every row prefilled whole", False, False, ONE_FORWARD),
-    "prefix_sharing": ("prefix sharing", True, False, ONE_FORWARD),
-    "in_place": ("+ in-place KV cache", True, True, ONE_FORWARD),
-    "after": ("+ prefill in length buckets", True, True, backends.PREFILL_BUCKET_COST_TOKENS),
+BUCKETS = backends.PREFILL_BUCKET_COST_TOKENS
+FAST = (backends.sample_tokens, kv_cache.drop_rows)
+OLD = (multinomial_tokens, select_rows_in_order)
+ENGINES = {  # key: (what it is, share_prefixes, cache_in_place, prefill bucket cost in tokens, sampler, row dropping)
+    "before": ("every row prefilled whole", False, False, ONE_FORWARD, *OLD),
+    "prefix_sharing": ("prefix sharing", True, False, ONE_FORWARD, *OLD),
+    "in_place": ("+ in-place KV cache", True, True, ONE_FORWARD, *OLD),
+    "buckets": ("+ prefill in length buckets", True, True, BUCKETS, *OLD),
+    "sampling": ("+ one uniform per draw", True, True, BUCKETS, FAST[0], OLD[1]),
+    "after": ("+ finished rows' slots refilled", True, True, BUCKETS, *FAST),
 }
 
 
 def run(backend: HFBackend, questions, params, engine: str, n_params: int, peak: float
         ) -> tuple[dict, list[str], list[str]]:
-    label, backend.share_prefixes, backend.cache_in_place, backends.PREFILL_BUCKET_COST_TOKENS = ENGINES[engine]
+    (label, backend.share_prefixes, backend.cache_in_place, backends.PREFILL_BUCKET_COST_TOKENS,
+     backends.sample_tokens, kv_cache.drop_rows) = ENGINES[engine]
     counter = TokenCounter(backend.model)
     model, backend.model = backend.model, counter
     reset_peak_rss()
@@ -151,12 +181,18 @@ def main() -> None:
     n_params = sum(p.numel() for p in backend.model.parameters())
     peak = matmul_peak_gflops(dtype if dtype != "auto" else "float32")
     debate_chunk(questions[:2], backend, params.debate, seed=0)  # warm-up: first-call allocations
-    rows, texts = {}, {}
+    rows, texts, greedy = {}, {}, {}
     for engine in ENGINES:
-        rows[engine], texts[engine], after_greedy = run(backend, questions, params, engine, n_params, peak)
-    before, after = rows["before"], rows["after"]  # "after" ran last: after_greedy holds its answers
-    same = {engine: sum(a == b for a, b in zip(texts["before"], texts[engine])) / len(texts[engine])
-            for engine in ENGINES if engine != "before"}
+        rows[engine], texts[engine], greedy[engine] = run(backend, questions, params, engine, n_params, peak)
+    before, after = rows["before"], rows["after"]
+    after_greedy = greedy["after"]
+
+    def share_same(a: list[str], b: list[str]) -> float:
+        return round(sum(x == y for x, y in zip(a, b)) / len(a), 4)
+
+    same = {engine: share_same(greedy["before"], greedy[engine]) for engine in ENGINES if engine != "before"}
+    engines = list(ENGINES)
+    same_as_previous = {engine: share_same(texts[previous], texts[engine]) for previous, engine in zip(engines, engines[1:])}
     must = after["prompt_tokens"] + after["generated_tokens"]
     result = {
         "machine": machine(device), "model": params.model.teacher, "dtype": dtype,
@@ -169,8 +205,9 @@ def main() -> None:
         "tokens_through_model_over_must_process": {"before": round(before["tokens_through_model"] / must, 2),
                                                    "after": round(after["tokens_through_model"] / must, 2)},
         "roofline_fraction": after["roofline_fraction"],
-        "same_text": round(same["after"], 4),
-        "same_text_by_engine": {engine: round(share, 4) for engine, share in same.items()},
+        "same_greedy_text": same["after"],
+        "same_greedy_text_by_engine": same,
+        "same_text_as_previous_engine": same_as_previous,
     }
     print(f"{'engine':>34} {'calls':>6} {'through model':>14} {'wall s':>8} {'gen tok/s':>10} {'GFLOP/s':>8} "
           f"{'roofline':>9}")
@@ -178,8 +215,9 @@ def main() -> None:
         print(f"{row['engine']:>34} {row['calls']:>6} {row['tokens_through_model']:>14} {row['wall_s']:>8} "
               f"{row['generated_tokens_per_s']:>10} {row['effective_gflops']:>8} {row['roofline_fraction']:>9}")
     print(f"tokens that must be processed (prompt + generated): {must}; matmul peak {peak:.0f} GFLOP/s ({dtype})")
-    print(f"speed-up over before: {result['speedup_by_engine']}; identical text {same} of "
-          f"{len(texts['after'])} generations")
+    print(f"speed-up over before: {result['speedup_by_engine']}")
+    print(f"identical greedy answers to before's ({len(greedy['after'])}): {same}")
+    print(f"identical generations to the previous engine's ({len(texts['after'])}): {same_as_previous}")
     if args.llama_server:
         del backend  # its memory back before the server loads
         row, texts = run_llama_cpp(args.llama_server, questions, params, args.llama_parallel, args.llama_threads,

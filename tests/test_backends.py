@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from agentark_utils.backends import (Generation, HFBackend, OpenAIBackend, VLLMBackend, _common_prefix, cache_kwarg,
-                                     decode_batch, make_backend, row_seeds, split_thinking)
+                                     decode_batch, make_backend, row_seeds, sample_tokens, split_thinking)
 from agentark_utils.config import ModelParams
 from conftest import QWEN3_STYLE_TEMPLATE, ROOT
 from agentark_utils.models import ModelNotFoundError
@@ -210,6 +210,61 @@ def test_hf_samples_do_not_depend_on_batching(hf):
     assert [g.text for g in batched] == [g.text for g in single]
     # The first conversation's own sample does not change when other conversations join the call.
     assert hf.generate(CONVERSATIONS[:1], temperature=1.0, max_new_tokens=10, seed=3)[0].text == batched[0].text
+
+
+# Each case: logits of one row, temperature, the share of draws each token must get (exact softmax).
+SAMPLING_CASES = {
+    "uniform": ([0.0, 0.0, 0.0, 0.0], 1.0, [0.25, 0.25, 0.25, 0.25]),
+    "skewed": ([2.0, 1.0, 0.0, -1.0], 1.0, None),
+    "sharpened by a low temperature": ([1.0, 0.8, 0.0, -3.0], 0.2, None),
+    "a token that can never be drawn": ([0.0, float("-inf"), 1.0, 0.5], 0.7, None),
+}
+
+
+@pytest.mark.parametrize("logits,temperature,expected", SAMPLING_CASES.values(), ids=SAMPLING_CASES.keys())
+def test_sample_tokens_draws_from_the_softmax(logits, temperature, expected):
+    import torch
+
+    rows = 20000
+    generators = [torch.Generator().manual_seed(i) for i in range(rows)]
+    drawn = sample_tokens(torch.tensor([logits] * rows), temperature, generators)
+    shares = torch.bincount(drawn, minlength=len(logits)).double() / rows
+    expected = torch.tensor(expected) if expected else torch.softmax(torch.tensor(logits) / temperature, -1)
+    assert torch.allclose(shares, expected.double(), atol=4 * (0.25 / rows) ** 0.5)  # 4 standard errors at most
+    assert all(shares[i] == 0 for i, p in enumerate(expected) if p == 0)
+
+
+def test_sample_tokens_greedy_is_the_argmax_and_a_draw_follows_its_row_generator():
+    import torch
+
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(0))
+    assert sample_tokens(logits, 0.0).tolist() == logits.argmax(-1).tolist()
+    drawn = sample_tokens(logits, 1.0, [torch.Generator().manual_seed(seed) for seed in range(6)])
+    order = [5, 3, 1, 0, 2, 4]  # the same rows and generators in another order draw the same tokens
+    shuffled = sample_tokens(logits[order], 1.0, [torch.Generator().manual_seed(seed) for seed in order])
+    assert shuffled.tolist() == drawn[order].tolist()
+
+
+def test_rows_that_stop_early_leave_every_other_row_as_it_is_alone(hf):
+    """Rows stop at different steps, first ones first, so later rows move into their cache slots
+    (`kv_cache.drop_rows`); each row still generates what it generates alone. Sampled: greedy, the
+    random model repeats one token in every row, and no row would stop before another."""
+    import torch
+
+    conversations = [CONVERSATIONS[i % 3] + [{"role": "user", "content": "Again" + "!" * i}] for i in range(6)]
+    prompts = [hf._prompt_ids(c) for c in conversations]
+    seeds = row_seeds(conversations, 11)
+
+    def decode(rows: list[int], stop_ids: list[int]) -> list[list[int]]:
+        return decode_batch(hf.model, [prompts[i] for i in rows], pad_id=hf.tokenizer.pad_token_id, max_new_tokens=10,
+                            stop_ids=stop_ids, temperature=1.0,
+                            generators=[torch.Generator().manual_seed(seeds[i]) for i in rows])
+
+    unstopped = decode(list(range(6)), [-1])
+    stop_ids = sorted({unstopped[0][1], unstopped[2][3], unstopped[3][5]})
+    together = decode(list(range(6)), stop_ids)
+    assert together == [decode([i], stop_ids)[0] for i in range(6)]
+    assert len({len(row) for row in together}) > 1  # the rows did stop at different steps
 
 
 def test_row_seeds_differ_between_calls_and_between_equal_conversations():

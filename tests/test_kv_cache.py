@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from agentark_utils.kv_cache import InPlaceLayer, kv_cache
+from agentark_utils.kv_cache import InPlaceLayer, drop_rows, kv_cache
 
 
 def states(batch: int, new: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,3 +73,35 @@ def test_kv_cache_swaps_only_full_attention_layers(tiny_model_dir):
     config.layer_types = ["sliding_attention"] * config.num_hidden_layers
     config.sliding_window = 8
     assert not any(isinstance(layer, InPlaceLayer) for layer in kv_cache(model, spare=4).layers)
+
+
+DROPS = {  # rows still running after a step, in the cache's current order
+    "the last rows finish": [True, True, True, False, False],
+    "the first rows finish": [False, False, True, True, True],
+    "rows finish here and there": [True, False, True, False, True, True],
+    "all but one finish": [False, False, False, True],
+}
+
+
+@pytest.mark.parametrize("running", DROPS.values(), ids=DROPS.keys())
+def test_drop_rows_keeps_the_running_rows_and_moves_only_what_fills_a_hole(running, mode):
+    from transformers import DynamicCache
+
+    ours = DynamicCache()
+    ours.layers = [InPlaceLayer(spare=2)]
+    reference = DynamicLayer()
+    for layer in (ours.layers[0], reference):
+        layer.update(*states(len(running), 4, seed=0))
+    buffer = ours.layers[0].key_buffer
+    running = torch.tensor(running)
+    order = drop_rows(ours, running)
+    assert sorted(order.tolist()) == running.nonzero().squeeze(-1).tolist()
+    reference.batch_select_indices(order)
+    layer = ours.layers[0]
+    assert torch.equal(layer.keys, reference.keys) and torch.equal(layer.values, reference.values)
+    moved = [new for new, old in enumerate(order.tolist()) if new != old]
+    assert all(not running[new] for new in moved)  # only a finished row's slot is written
+    assert layer.key_buffer.data_ptr() == buffer.data_ptr()  # no new buffer: the rows stay where they were
+    layer.update(*states(int(running.sum()), 1, seed=1))  # decoding goes on in the same buffer
+    reference.update(*states(int(running.sum()), 1, seed=1))
+    assert torch.equal(layer.keys, reference.keys) and layer.key_buffer.data_ptr() == buffer.data_ptr()
