@@ -171,7 +171,7 @@ class SFTParams(_Section):
     group_by_length: bool = True  # batches of rows of similar length, in random order: less padding (distill.py)
     lora_r: int = Field(default=0, ge=0)  # 0: full fine-tuning
     lora_alpha: int = Field(default=16, ge=1)
-    bf16: bool = False  # bf16 autocast: on GPUs; slower than fp32 on the 2-core CPU
+    bf16: bool = False  # bf16 autocast: GPUs, and CPUs with AMX (README "Precision on this CPU"); fp32 elsewhere
     save_steps: int = Field(default=10, ge=1)
     seed: int = 0
 
@@ -190,11 +190,11 @@ class PRMParams(_Section):
     adam_beta2: float = Field(default=0.95, gt=0, lt=1)  # the reference code's 0.95
     max_length: int = Field(default=512, ge=16)
     # a forward pass's fixed cost in padded tokens: a batch's traces are split into length buckets,
-    # one forward each, where that saves more padding (prm.py). On our 2-core CPU an extra forward
-    # cost about as much as 700 tokens (benchmarks/training_step.py): 1024 keeps short batches whole.
-    bucket_cost_tokens: int = Field(default=1024, ge=0)
+    # one forward each, where that saves more padding (prm.py). On the idle 2-core CPU, 64 made PRM
+    # steps 1.3-1.6x faster than one padded forward (benchmarks/training_step.py).
+    bucket_cost_tokens: int = Field(default=64, ge=0)
     score_batch_size: int = Field(default=16, ge=1)  # traces per forward when scoring (held-out quality, GRPO rewards)
-    bf16: bool = False  # bf16 autocast: on GPUs; slower than fp32 on the 2-core CPU
+    bf16: bool = False  # bf16 autocast: GPUs, and CPUs with AMX (README "Precision on this CPU"); fp32 elsewhere
     save_steps: int = Field(default=5, ge=1)
     # question-level resamples for the held-out AUROC intervals (PRM, baselines, aggregations)
     bootstrap_samples: int = Field(default=1000, ge=100)
@@ -224,7 +224,7 @@ class GRPOParams(_Section):
     aggregation: Literal["mean", "min", "softmin", "last"] = "mean"  # PRM step scores -> one reward
     prm_reward_weight: float = Field(default=1.0, ge=0)
     answer_reward_weight: float = Field(default=0.0, ge=0)  # verifiable answer (reference code: 1.0)
-    bf16: bool = False  # bf16 autocast: on GPUs; slower than fp32 on the 2-core CPU
+    bf16: bool = False  # bf16 autocast: GPUs, and CPUs with AMX (README "Precision on this CPU"); fp32 elsewhere
     save_steps: int = Field(default=12, ge=1)
     seed: int = 0
 

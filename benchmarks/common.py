@@ -96,6 +96,12 @@ def machine(device: str) -> dict:
     return info
 
 
+def read_earlier(name: str) -> dict:
+    """The result a benchmark wrote last time (empty if none)."""
+    path = Path("results/benchmarks") / name
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def write(name: str, result: dict) -> Path:
     path = Path("results/benchmarks") / name
     path.parent.mkdir(parents=True, exist_ok=True)
