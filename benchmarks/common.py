@@ -50,17 +50,43 @@ def matmul_peak_gflops(dtype: str, shape: tuple[int, int, int] = (1024, 1024, 10
 
 
 class TokenCounter:
-    """Wraps the model: counts the input tokens (padding included) of every forward pass."""
+    """Wraps the model: counts the input tokens (padding included) of every forward pass and times
+    them, prefill forwards (more than one token a row) apart from decoding steps (`steps`: each
+    step's rows and seconds)."""
 
     def __init__(self, model):
-        self.model, self.tokens = model, 0
+        self.model, self.tokens, self.prefill_s, self.steps = model, 0, 0.0, []
 
     def __getattr__(self, name):
         return getattr(self.model, name)
 
     def __call__(self, *, input_ids, **kwargs):
         self.tokens += input_ids.numel()
-        return self.model(input_ids=input_ids, **kwargs)
+        began = time.perf_counter()
+        out = self.model(input_ids=input_ids, **kwargs)
+        if out.logits.device.type == "cuda":  # kernels run asynchronously there
+            import torch
+
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - began
+        if input_ids.shape[1] > 1:
+            self.prefill_s += seconds
+        else:
+            self.steps.append((input_ids.shape[0], seconds))
+        return out
+
+    def decoding(self, bands: tuple[int, ...] = (4, 16, 64)) -> dict:
+        """Decoding steps by rows in the step: up to each band's bound, and above the last."""
+        edges = [0, *bands, float("inf")]
+        out = {}
+        for low, high in zip(edges, edges[1:]):
+            steps = [(rows, s) for rows, s in self.steps if low < rows <= high]
+            seconds, rows = sum(s for _, s in steps), sum(r for r, _ in steps)
+            name = f"{low + 1}-{high} rows" if high != float("inf") else f"over {low} rows"
+            out[name] = {"steps": len(steps), "s": round(seconds, 1),
+                         "ms_per_step": round(1000 * seconds / len(steps), 1) if steps else None,
+                         "ms_per_row": round(1000 * seconds / rows, 2) if rows else None}
+        return out
 
 
 def reset_peak_rss() -> None:

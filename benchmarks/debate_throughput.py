@@ -111,7 +111,12 @@ def run(backend: HFBackend, questions, params, engine: str, n_params: int, peak:
            "prompt_tokens": prompt, "generated_tokens": generated, "tokens_through_model": counter.tokens,
            "wall_s": round(wall, 1), "generated_tokens_per_s": round(generated / wall, 1),
            "effective_gflops": round(gflops, 1), "roofline_fraction": round(gflops / peak, 3),
-           "peak_rss_gib": round(peak_rss_gib(), 2)}
+           "peak_rss_gib": round(peak_rss_gib(), 2),
+           # Where the time goes: the model's prefill and decoding forwards, and everything else
+           # (sampling, cache bookkeeping, tokenizing, grading).
+           "prefill_s": round(counter.prefill_s, 1), "decode_s": round(sum(s for _, s in counter.steps), 1),
+           "outside_model_s": round(wall - counter.prefill_s - sum(s for _, s in counter.steps), 1),
+           "decoding": counter.decoding()}
     return row, [c["text"] for c in calls], greedy_texts(records)
 
 
@@ -203,8 +208,9 @@ def main() -> None:
         "speedup": round(before["wall_s"] / after["wall_s"], 2),
         "speedup_by_engine": {engine: round(before["wall_s"] / rows[engine]["wall_s"], 2) for engine in same},
         "tokens_must_process": must,
-        "tokens_through_model_over_must_process": {"before": round(before["tokens_through_model"] / must, 2),
-                                                   "after": round(after["tokens_through_model"] / must, 2)},
+        "tokens_through_model_over_must_process": {  # each engine's own: sampled text differs between them
+            key: round(rows[key]["tokens_through_model"] / (rows[key]["prompt_tokens"] + rows[key]["generated_tokens"]), 2)
+            for key in ("before", "after")},
         "roofline_fraction": after["roofline_fraction"],
         "same_greedy_text": same["after"],
         "same_greedy_text_by_engine": same,
@@ -216,6 +222,11 @@ def main() -> None:
         print(f"{row['engine']:>34} {row['calls']:>6} {row['tokens_through_model']:>14} {row['wall_s']:>8} "
               f"{row['generated_tokens_per_s']:>10} {row['effective_gflops']:>8} {row['roofline_fraction']:>9}")
     print(f"tokens that must be processed (prompt + generated): {must}; matmul peak {peak:.0f} GFLOP/s ({dtype})")
+    print(f"{'engine':>34} {'prefill s':>10} {'decode s':>9} {'outside s':>10}  decoding steps of up to 16 rows")
+    for row in rows.values():
+        small = [band for name, band in row["decoding"].items() if name in ("1-4 rows", "5-16 rows")]
+        print(f"{row['engine']:>34} {row['prefill_s']:>10} {row['decode_s']:>9} {row['outside_model_s']:>10}  "
+              f"{sum(b['steps'] for b in small)} steps, {sum(b['s'] for b in small):.1f} s")
     print(f"speed-up over before: {result['speedup_by_engine']}")
     print(f"identical greedy answers to before's ({len(greedy['after'])}): {same}")
     print(f"identical generations to the previous engine's ({len(texts['after'])}): {same_as_previous}")

@@ -2,6 +2,7 @@
 
 import importlib
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -127,4 +128,22 @@ def test_benchmark_counts_must_be_at_least_one(text, expected, monkeypatch):
             common.at_least_one(text)
     else:
         assert common.at_least_one(text) == expected
+    sys.modules.pop("common", None)
+
+
+def test_token_counter_times_prefill_apart_from_decoding_steps_by_their_rows(monkeypatch):
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    common = importlib.import_module("common")
+    model = lambda input_ids, **_: SimpleNamespace(logits=torch.zeros(*input_ids.shape, 4))  # noqa: E731
+    counter = common.TokenCounter(model)
+    for shape in [(3, 5), (3, 1), (2, 1), (20, 1), (1, 7), (70, 1)]:  # two prefills, four steps
+        counter(input_ids=torch.zeros(shape, dtype=torch.long))
+    assert counter.tokens == 15 + 3 + 2 + 20 + 7 + 70
+    assert [rows for rows, _ in counter.steps] == [3, 2, 20, 70] and counter.prefill_s > 0
+    bands = counter.decoding()
+    assert {name: band["steps"] for name, band in bands.items()} == {
+        "1-4 rows": 2, "5-16 rows": 0, "17-64 rows": 1, "over 64 rows": 1}
+    assert bands["5-16 rows"]["ms_per_step"] is None
     sys.modules.pop("common", None)
