@@ -4,15 +4,16 @@
 {"role", "content"} dicts) and returns one `Generation` per conversation, in order, each with its
 prompt and completion token counts and latency.
 
-- hf (default; CPU or GPU): a transformers model, batched with left padding and a KV cache; a row
-  leaves the batch as soon as it ends (`decode_batch`).
+- hf (default; CPU or GPU): a transformers model, continuously batched with left padding and a KV
+  cache: a row leaves the batch as soon as it ends, and waiting rows take its place (`decode_batch`).
 - vllm (GPU): offline `LLM.chat`; vllm is imported only when this backend is built.
 - openai: any OpenAI-compatible server (`vllm serve`, `transformers serve`, a hosted API), or
   several replicas of one, with retries and failover (`OpenAIBackend`); the API key is read from
   OPENAI_API_KEY and never logged.
 
-Latency of a batched call is the batch's wall time divided by its size: the amortized cost of
-one generation, which is what a cost per question should add up.
+Latency is amortized: a batched call's wall time split over its generations (hf: in proportion to
+their tokens; vllm: evenly; openai: each request's own), so that the latencies of a question's
+calls add up to its cost.
 
 Sampling seeds are per conversation (`row_seeds`): a hash of the call's seed, the conversation and
 its rank among identical conversations of the call. A sample therefore depends on neither the
@@ -84,6 +85,27 @@ class Backend(Protocol):
     def __enter__(self) -> Backend: ...
 
     def __exit__(self, *exc) -> None: ...
+
+
+@dataclass(frozen=True)
+class Call:
+    """The arguments of one `generate` call, for `generate_calls`."""
+
+    conversations: list[Conversation]
+    temperature: float
+    max_new_tokens: int
+    seed: int
+    desc: str = "generate"
+
+
+def generate_calls(backend: Backend, calls: list[Call]) -> list[list[Generation]]:
+    """Run calls that do not depend on each other: together where the backend can (hf: in one
+    continuous batch, so a prompt several calls read is prefilled once), otherwise one after
+    another. Each call gets the generations it would get alone (seeds are per call and conversation)."""
+    if hasattr(backend, "generate_calls"):
+        return backend.generate_calls(calls)
+    return [backend.generate(call.conversations, temperature=call.temperature, max_new_tokens=call.max_new_tokens,
+                             seed=call.seed, desc=call.desc) if call.conversations else [] for call in calls]
 
 
 class _Closing:
@@ -227,9 +249,10 @@ def prefill(model, prompts: list[list[int]], pad_id: int, cache, share_prefixes:
     return mask, logits
 
 
-def sample_tokens(logits, temperature: float, generators=None):
-    """The next token of each row: the argmax at temperature 0; otherwise a draw from
+def sample_tokens(logits, temperature, generators=None):
+    """The next token of each row: the argmax where its temperature is 0; elsewhere a draw from
     softmax(logits / temperature), by inverting its CDF at one uniform from the row's generator.
+    `temperature` and `generators`: one for all rows or a list with one per row.
 
     One random number per row and step: torch.multinomial drew an exponential for every vocabulary
     entry of every row, one row at a time, and took 15 % of the default debate's wall time
@@ -238,64 +261,105 @@ def sample_tokens(logits, temperature: float, generators=None):
     """
     import torch
 
-    if temperature == 0:
-        return logits.argmax(-1)
-    uniforms = torch.cat([torch.rand(1, generator=g, device=g.device) for g in generators]).to(logits.device)
-    cdf = torch.softmax(logits / temperature, dim=-1).cumsum(-1)
-    tokens = torch.searchsorted(cdf, (uniforms * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
-    return tokens.clamp_(max=logits.shape[-1] - 1)
+    temperatures = temperature if isinstance(temperature, list) else [temperature] * len(logits)
+    tokens = logits.argmax(-1)
+    hot = [i for i, t in enumerate(temperatures) if t > 0]
+    if not hot:
+        return tokens
+    index = torch.tensor(hot, device=logits.device)
+    scale = torch.tensor([temperatures[i] for i in hot], device=logits.device, dtype=logits.dtype)[:, None]
+    uniforms = torch.cat([torch.rand(1, generator=generators[i], device=generators[i].device) for i in hot])
+    cdf = torch.softmax(logits[index] / scale, dim=-1).cumsum(-1)
+    drawn = torch.searchsorted(cdf, (uniforms.to(cdf.device) * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
+    tokens[index] = drawn.clamp_(max=logits.shape[-1] - 1)
+    return tokens
 
 
-def decode_batch(model, prompts: list[list[int]], *, pad_id: int, max_new_tokens: int, stop_ids: list[int],
-                 temperature: float, generators=None, share_prefixes: bool = True,
-                 cache_in_place: bool = True) -> list[list[int]]:
-    """Generate for a batch of prompts (token ids); returns each row's new tokens, up to and
-    including its stop token.
+# Waiting rows join the running batch once at least this share of its slots is free: each admission
+# costs a prefill forward and a copy of the batch's KV cache, so admitting row by row would not pay.
+ADMIT_FREE_SHARE = 0.25
 
-    The prompts are prefilled with prefix sharing (`prefill`), into a cache that appends in place
-    (`kv_cache.InPlaceLayer`; cache_in_place=False: transformers' concatenating one). Unlike
-    transformers' `generate`, a row leaves the batch (and its slice of the KV cache is dropped) as soon as it emits a stop
-    token. Debate answers are short (17 tokens on average of the 64 allowed by default), and
-    `generate` kept decoding every finished row until the longest one ended; dropping them made a
-    debate round 1.5-1.6x faster on 2 CPU cores (benchmarks/debate_throughput.py).
-    temperature 0 is greedy; otherwise plain sampling from softmax(logits / temperature)
-    (`sample_tokens`), each row's uniforms drawn from its own `generators[row]`, so a row's sample
-    does not depend on its batch-mates.
+
+def decode_batch(model, prompts: list[list[int]], *, pad_id: int, max_new_tokens: int | list[int],
+                 stop_ids: list[int], temperature: float | list[float], generators=None, batch_size: int | None = None,
+                 share_prefixes: bool = True, cache_in_place: bool = True, on_done=None) -> list[list[int]]:
+    """Generate for prompts (token ids); returns each row's new tokens, up to and including its stop
+    token. `max_new_tokens` and `temperature`: one for all rows, or a list with one per row.
+
+    Continuous batching: at most `batch_size` rows decode together (None: all of them). A row leaves
+    the batch as soon as it emits a stop token or reaches its token budget (`kv_cache.drop_rows`
+    moves running rows into its slot), and rows waiting in the given order join it once
+    `ADMIT_FREE_SHARE` of its slots are free: they are prefilled (`prefill`, with prefix sharing)
+    and their KV cache joined to the batch's (`kv_cache.join_rows`), left-padded to its width. A
+    batch of fixed rows, as transformers' `generate` runs one, ends with its longest answer: its
+    last steps run a few rows at the full fixed cost of a step. The cache appends in place
+    (`kv_cache.InPlaceLayer`; cache_in_place=False: transformers' concatenating one).
+
+    temperature 0 is greedy; otherwise plain sampling (`sample_tokens`), each row's uniforms drawn
+    from its own `generators[row]`, so a row's sample does not depend on its batch-mates.
+    `on_done(k)` is told each time k rows have finished (a progress bar).
     """
     import torch
 
-    from agentark_utils.kv_cache import drop_rows, kv_cache
+    from agentark_utils.kv_cache import can_join, drop_rows, join_rows, kv_cache
 
+    n = len(prompts)
+    temperatures = temperature if isinstance(temperature, list) else [temperature] * n
+    budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * n
+    size = batch_size or n
     device = model.device
-    cache = kv_cache(model, spare=max_new_tokens, in_place=cache_in_place)
-    kv = {cache_kwarg(model): cache}
+    cache_name = cache_kwarg(model)
     stops = torch.tensor(stop_ids, device=device)
-    rows = torch.arange(len(prompts), device=device)  # which original row each batch row is
-    new: list[list[int]] = [[] for _ in range(len(prompts))]
+    new: list[list[int]] = [[] for _ in range(n)]
+    waiting = deque(range(n))
+    cache = mask = logits = rows = None  # the running batch: KV cache, attention mask, next logits, original rows
+
+    def left_pad(mask, width: int):
+        return torch.cat([mask.new_zeros(len(mask), width - mask.shape[1]), mask], dim=1)
+
     with torch.inference_mode():
-        mask, logits = prefill(model, prompts, pad_id, cache, share_prefixes)
-        for step in range(max_new_tokens):
+        while True:
+            free = size - (0 if rows is None else len(rows))
+            if waiting and (rows is None or (free >= max(1, ADMIT_FREE_SHARE * size) and can_join(cache))):
+                admitted = [waiting.popleft() for _ in range(min(free, len(waiting)))]
+                added = kv_cache(model, spare=max(budgets), in_place=cache_in_place)
+                added_mask, added_logits = prefill(model, [prompts[i] for i in admitted], pad_id, added, share_prefixes)
+                added_rows = torch.tensor(admitted, device=device)
+                if rows is None:
+                    cache, mask, logits, rows = added, added_mask, added_logits, added_rows
+                else:
+                    width = max(mask.shape[1], added_mask.shape[1])
+                    mask = torch.cat([left_pad(mask, width), left_pad(added_mask, width)])
+                    trim = int(mask.any(0).int().argmax())  # the first slot any row uses
+                    join_rows(cache, added, width, trim)
+                    mask, logits, rows = mask[:, trim:], torch.cat([logits, added_logits]), torch.cat([rows, added_rows])
+            if rows is None:
+                return new
             live = rows.tolist()
-            row_generators = [generators[row] for row in live] if temperature > 0 else None
-            next_tokens = sample_tokens(logits, temperature, row_generators)
+            next_tokens = sample_tokens(logits, [temperatures[row] for row in live],
+                                        [generators[row] if temperatures[row] > 0 else None for row in live])
             for row, token in zip(live, next_tokens.tolist()):
                 new[row].append(token)
-            running = ~torch.isin(next_tokens, stops)
-            if step == max_new_tokens - 1 or not running.any():
-                break
+            under_budget = torch.tensor([len(new[row]) < budgets[row] for row in live], device=device)
+            running = ~torch.isin(next_tokens, stops) & under_budget
+            if on_done is not None and not running.all():
+                on_done(int((~running).sum()))
+            if not running.any():
+                cache = mask = logits = rows = None
+                continue
             if not running.all():
                 keep = drop_rows(cache, running)
                 mask, next_tokens, rows = mask[keep], next_tokens[keep], rows[keep]
             mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
             # Positions count real tokens only, so padding does not shift them.
             positions = (mask.cumsum(-1) - 1)[:, -1:]
-            logits = model(input_ids=next_tokens[:, None], attention_mask=mask, position_ids=positions, **kv,
-                           use_cache=True, logits_to_keep=1).logits[:, -1].float()
-    return new
+            logits = model(input_ids=next_tokens[:, None], attention_mask=mask, position_ids=positions,
+                           **{cache_name: cache}, use_cache=True, logits_to_keep=1).logits[:, -1].float()
 
 
 class HFBackend(_Closing):
-    """transformers generation, batched: all conversations of a call go through in batches."""
+    """transformers generation: every conversation of a call, or of several independent calls
+    (`generate_calls`), in one continuous batch of at most `batch_size` rows (`decode_batch`)."""
 
     name = "hf"
 
@@ -319,31 +383,42 @@ class HFBackend(_Closing):
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def generate(self, conversations, *, temperature, max_new_tokens, seed, desc="generate"):
+        return self.generate_calls([Call(conversations, temperature, max_new_tokens, seed, desc)])[0]
+
+    def generate_calls(self, calls: list[Call]) -> list[list[Generation]]:
+        """Every row of every call in one continuous batch (`decode_batch`), each row with its call's
+        temperature, token budget and seed stream."""
         import torch
 
-        prompts = [self._prompt_ids(c) for c in conversations]
-        seeds = row_seeds(conversations, seed)
-        # Longest first: batches of similar length waste little padding; equal prompts side by side,
-        # so that they share a batch and are prefilled once.
+        owners = [call for call in calls for _ in call.conversations]
+        prompts = [self._prompt_ids(c) for call in calls for c in call.conversations]
+        seeds = [s for call in calls for s in row_seeds(call.conversations, call.seed)]
+        # Longest first: rows of similar length decode together, wasting little padding; equal prompts
+        # side by side, so that they are admitted together and prefilled once.
         order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), prompts[i]))
-        results: list[Generation | None] = [None] * len(prompts)
-        bar = generation_bar(total=len(prompts), desc=desc)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            generators = [torch.Generator(self.model.device).manual_seed(seeds[i]) for i in idx]
-            began = time.perf_counter()
-            new = decode_batch(self.model, [prompts[i] for i in idx], pad_id=self.tokenizer.pad_token_id,
-                               max_new_tokens=max_new_tokens, stop_ids=self.stop_ids, temperature=temperature,
-                               generators=generators, share_prefixes=self.share_prefixes,
-                               cache_in_place=self.cache_in_place)
-            latency = (time.perf_counter() - began) / len(idx)
-            for row, i in zip(new, idx):
-                text = self.tokenizer.decode(row, skip_special_tokens=True)
-                finish = "stop" if row and row[-1] in self.stop_ids else "length"
-                results[i] = _generation(text, len(prompts[i]), len(row), latency, finish)
-            bar.update(len(idx))
+        bar = generation_bar(total=len(prompts), desc=" + ".join(call.desc for call in calls if call.conversations))
+        began = time.perf_counter()
+        new = decode_batch(self.model, [prompts[i] for i in order], pad_id=self.tokenizer.pad_token_id,
+                           max_new_tokens=[owners[i].max_new_tokens for i in order], stop_ids=self.stop_ids,
+                           temperature=[owners[i].temperature for i in order],
+                           generators=[torch.Generator(self.model.device).manual_seed(seeds[i]) for i in order],
+                           batch_size=self.batch_size, share_prefixes=self.share_prefixes,
+                           cache_in_place=self.cache_in_place, on_done=bar.update)
+        wall = time.perf_counter() - began
         bar.close()
-        return results
+        # A row's latency: its share of the wall time, in proportion to its tokens (prompt + generated),
+        # so that the latencies of all rows add up to the wall time.
+        tokens = sum(len(prompts[i]) + len(row) for i, row in zip(order, new))
+        results: list[Generation | None] = [None] * len(prompts)
+        for i, row in zip(order, new):
+            text = self.tokenizer.decode(row, skip_special_tokens=True)
+            finish = "stop" if row and row[-1] in self.stop_ids else "length"
+            results[i] = _generation(text, len(prompts[i]), len(row), wall * (len(prompts[i]) + len(row)) / tokens,
+                                     finish)
+        starts = [0]
+        for call in calls:
+            starts.append(starts[-1] + len(call.conversations))
+        return [results[start:end] for start, end in zip(starts, starts[1:])]
 
     def close(self) -> None:
         """Drop the model, so the next one can load in its place."""

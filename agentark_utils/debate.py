@@ -14,7 +14,8 @@ held-out splits only (no analysis reads them on training questions), self-consis
 Every round of every agent is saved (text, extracted answer, grade, tokens, latency): the
 extraction stage needs the early rounds to find corrective (wrong, then right) traces.
 
-Work is batched: all agents of all questions of one round go through one `generate` call. Questions
+Work is batched: all agents of all questions of one round go through one `generate` call, and the
+baselines go with round 1 (`backends.generate_calls`: one continuous batch on hf). Questions
 are processed in chunks and each finished question is appended to a JSONL file, so a killed run
 loses at most the chunk in flight. Each record is stamped with a fingerprint of the settings, the
 prompts, the grading code and the question itself; a re-run keeps only records whose stamp still
@@ -29,7 +30,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from agentark_utils import answers
-from agentark_utils.backends import Backend, Generation
+from agentark_utils.backends import Backend, Call, Generation, generate_calls
 from agentark_utils.config import DebateParams, ModelParams
 from agentark_utils.prompts import (question_prompt, rendered_prompts, revision_prompt, strip_echoes, summarizer_prompt,
                                     user_turn)
@@ -70,24 +71,26 @@ def _consensus(calls: list[dict]) -> bool:
 def debate_chunk(questions: list[Question], backend: Backend, cfg: DebateParams, seed: int,
                  self_consistency: bool = True) -> list[dict]:
     """Run the baselines and the debate on a chunk of questions; one record per question."""
-    gen = dict(max_new_tokens=cfg.max_new_tokens)
     first = [[user_turn(question_prompt(q))] for q in questions]
-
-    # Single agent: one greedy call, the way distilled students are evaluated; and one sample at the
-    # debate's temperature, which the debate's agents also draw.
-    single = backend.generate(first, temperature=0.0, seed=seed + SEED_OFFSETS["single"], desc="single", **gen)
-    sampled = backend.generate(first, temperature=cfg.temperature, seed=seed + SEED_OFFSETS["single_sampled"],
-                               desc="single (sampled)", **gen)
-
-    # Self-consistency: as many samples as the debate's call budget, then a majority vote.
-    # as many samples as the debate's call budget, unless set
-    budget = cfg.n_agents * cfg.rounds + int(cfg.summarizer)
-    k = (cfg.self_consistency_samples or budget) if self_consistency else 0
-    sc = backend.generate([c for c in first for _ in range(k)], temperature=cfg.temperature,
-                          seed=seed + SEED_OFFSETS["self_consistency"], desc="self-consistency", **gen) if k else []
-
     n = cfg.n_agents
     contexts = [[list(c) for _ in range(n)] for c in first]
+    # Self-consistency: as many samples as the debate's call budget, unless set, then a majority vote.
+    k = (cfg.self_consistency_samples or cfg.n_agents * cfg.rounds + int(cfg.summarizer)) if self_consistency else 0
+
+    # The baselines and round 1 read the question alone and depend on nothing else: one
+    # `generate_calls`, so the hf engine prefills each question's prompt once for all of them.
+    # Single agent: greedy, the way distilled students are evaluated; and one sample at the
+    # debate's temperature, which the debate's agents also draw.
+    def call(conversations, temperature, offset, desc):
+        return Call(conversations, temperature, cfg.max_new_tokens, seed + SEED_OFFSETS[offset], desc)
+
+    single, sampled, sc, round_one = generate_calls(backend, [
+        call(first, 0.0, "single", "single"),
+        call(first, cfg.temperature, "single_sampled", "single (sampled)"),
+        call([c for c in first for _ in range(k)], cfg.temperature, "self_consistency", "self-consistency"),
+        call([contexts[qi][i] for qi in range(len(questions)) for i in range(n)], cfg.temperature, "round",
+             "debate round 1"),
+    ])
     rounds: list[list[list[dict]]] = [[] for _ in questions]
     consensus_round: list[int | None] = [None] * len(questions)
     active = list(range(len(questions)))
@@ -97,8 +100,9 @@ def debate_chunk(questions: list[Question], backend: Backend, cfg: DebateParams,
                 previous = [peer_text(c, cfg.peer_view) for c in rounds[qi][-1]]
                 for i in range(n):
                     contexts[qi][i].append(user_turn(revision_prompt(questions[qi], previous[:i] + previous[i + 1:])))
-        outs = backend.generate([contexts[qi][i] for qi in active for i in range(n)], temperature=cfg.temperature,
-                                seed=seed + SEED_OFFSETS["round"] + r, desc=f"debate round {r + 1}", **gen)
+        outs = round_one if r == 0 else backend.generate(
+            [contexts[qi][i] for qi in active for i in range(n)], temperature=cfg.temperature,
+            max_new_tokens=cfg.max_new_tokens, seed=seed + SEED_OFFSETS["round"] + r, desc=f"debate round {r + 1}")
         for pos, qi in enumerate(active):
             calls = []
             for i in range(n):

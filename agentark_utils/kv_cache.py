@@ -96,6 +96,26 @@ def drop_rows(cache: DynamicCache, running: torch.Tensor) -> torch.Tensor:
     return order
 
 
+def can_join(cache: DynamicCache) -> bool:
+    """Whether rows can join this cache mid-decoding (`join_rows`): only if every layer keeps every
+    token (a sliding-window layer keeps its own window, which a join would have to cut alike)."""
+    return all(type(layer) in (DynamicLayer, InPlaceLayer) for layer in cache.layers)
+
+
+def _left_pad(states: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(states, (0, 0, width - states.shape[-2], 0))
+
+
+def join_rows(cache: DynamicCache, other: DynamicCache, width: int, trim: int) -> None:
+    """Append `other`'s rows to `cache`'s: both sides' tokens left-padded with zeros to `width`,
+    then the first `trim` token slots cut (the caller's attention mask hides the padding and knows
+    which slots no row uses). An InPlaceLayer copies the result into a buffer with its spare room at
+    its next write."""
+    for layer, extra in zip(cache.layers, other.layers):
+        layer.keys, layer.values = (torch.cat([_left_pad(mine, width), _left_pad(theirs, width)])[:, :, trim:]
+                                    for mine, theirs in ((layer.keys, extra.keys), (layer.values, extra.values)))
+
+
 def kv_cache(model, spare: int = 0, in_place: bool = True) -> DynamicCache:
     """A DynamicCache for `model` whose full-attention layers are `InPlaceLayer`s with room for
     `spare` more tokens; in_place=False gives transformers' own (the engine before, for benchmarks)."""

@@ -4,18 +4,17 @@
 
 The workload is what the debate stage runs per chunk (`debate.debate_chunk` with params.yaml's
 `debate` section: single agent, self-consistency samples, every round, the summarizer) on the
-first questions of the pipeline's test split. It runs six times on one loaded model, in one
-process, each engine adding one change to the one before: "before" prefills every row whole into
-transformers' concatenating KV cache, samples with torch.multinomial row by row and copies the
-cache in order when a row finishes (the engine of the previous release: `share_prefixes=False,
-cache_in_place=False`, and this file's `multinomial_tokens` and `select_rows_in_order`); "prefix
-sharing" prefills each batch's shared prefix and each distinct prompt once, in one forward
-(`backends.prefill`); "in-place cache" also appends to the KV cache in place
-(`kv_cache.InPlaceLayer`); "length buckets" also cuts each prefill into length buckets
-(`backends.PREFILL_BUCKET_COST_TOKENS`, set here to the engine's value); "one uniform per draw"
-also samples by inverting the CDF (`backends.sample_tokens`); "after" also moves running rows
-into finished rows' slots (`kv_cache.drop_rows`): the engine the pipeline runs. `--questions` as
-many as a debate chunk (`debate.chunk_size`) is one chunk's workload.
+first questions of the pipeline's test split. It runs once per engine on one loaded model, in one
+process, each engine adding one change to the one before (`engines()`): "before" is the engine of
+the previous release (every row prefilled whole into transformers' concatenating KV cache, samples
+drawn with torch.multinomial row by row, the cache copied in order whenever a row finishes, fixed
+batches, each call of the debate on its own); then prefix sharing (`backends.prefill`), the
+in-place cache (`kv_cache.InPlaceLayer`), prefill in length buckets
+(`backends.PREFILL_BUCKET_COST_TOKENS`), one uniform per draw (`backends.sample_tokens`), finished
+rows' slots refilled (`kv_cache.drop_rows`), continuous batching (`backends.ADMIT_FREE_SHARE`), and
+"after": the baselines and round 1 in one continuous batch (`backends.generate_calls`), the engine
+the pipeline runs. `--engines` runs a subset. `--questions` as many as a debate chunk
+(`debate.chunk_size`) is one chunk's workload.
 
 Reported for each: the tokens that went through the model (padding and repeats included), the
 tokens that must be processed (prompt + generated), wall time, and the effective rate against a
@@ -43,12 +42,14 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 from common import (TokenCounter, machine, matmul_peak_gflops, peak_rss_gib, read_earlier, reset_peak_rss, setup,
                     write)
 
-from agentark_utils import backends, kv_cache
+from agentark_utils import backends, debate, kv_cache
 from agentark_utils.backends import HFBackend, OpenAIBackend
 from agentark_utils.debate import debate_chunk
 from agentark_utils.metrics import system_calls
@@ -61,14 +62,16 @@ def greedy_texts(records) -> list[str]:
     return [call["text"] for r in records for call in system_calls(r, "single")]
 
 
-def multinomial_tokens(logits, temperature: float, generators=None):
+def multinomial_tokens(logits, temperature, generators=None):
     """The sampler of the engine before: torch.multinomial, one row at a time."""
     import torch
 
-    if temperature == 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
-    return torch.stack([torch.multinomial(p, 1, generator=g).squeeze(-1) for p, g in zip(probs, generators)])
+    temperatures = temperature if isinstance(temperature, list) else [temperature] * len(logits)
+    tokens = logits.argmax(-1)
+    for row, t in enumerate(temperatures):
+        if t > 0:
+            tokens[row] = torch.multinomial(torch.softmax(logits[row] / t, dim=-1), 1, generator=generators[row])[0]
+    return tokens
 
 
 def select_rows_in_order(cache, running):
@@ -78,24 +81,55 @@ def select_rows_in_order(cache, running):
     return keep
 
 
-ONE_FORWARD = 10**9  # a prefill bucket costing more than any padding: one forward per batch
-BUCKETS = backends.PREFILL_BUCKET_COST_TOKENS
-FAST = (backends.sample_tokens, kv_cache.drop_rows)
-OLD = (multinomial_tokens, select_rows_in_order)
-ENGINES = {  # key: (what it is, share_prefixes, cache_in_place, prefill bucket cost in tokens, sampler, row dropping)
-    "before": ("every row prefilled whole", False, False, ONE_FORWARD, *OLD),
-    "prefix_sharing": ("prefix sharing", True, False, ONE_FORWARD, *OLD),
-    "in_place": ("+ in-place KV cache", True, True, ONE_FORWARD, *OLD),
-    "buckets": ("+ prefill in length buckets", True, True, BUCKETS, *OLD),
-    "sampling": ("+ one uniform per draw", True, True, BUCKETS, FAST[0], OLD[1]),
-    "after": ("+ finished rows' slots refilled", True, True, BUCKETS, *FAST),
-}
+def one_call_at_a_time(backend, calls):
+    """The debate before: each of its independent calls went through `generate` on its own."""
+    return [backend.generate(call.conversations, temperature=call.temperature, max_new_tokens=call.max_new_tokens,
+                             seed=call.seed, desc=call.desc) if call.conversations else [] for call in calls]
+
+
+@dataclass(frozen=True)
+class Engine:
+    """What the benchmark sets before a run; the defaults are the engine of the previous release."""
+
+    label: str
+    share_prefixes: bool = False
+    cache_in_place: bool = False
+    prefill_bucket_cost: int = 10**9  # costlier than any padding: one prefill forward per batch
+    sampler: Callable = multinomial_tokens
+    drop_rows: Callable = select_rows_in_order
+    admit_free_share: float = 1.0  # rows join a batch only once it is empty: batch after batch
+    run_calls: Callable = one_call_at_a_time
+
+    def install(self, backend: HFBackend) -> None:
+        backend.share_prefixes, backend.cache_in_place = self.share_prefixes, self.cache_in_place
+        backends.PREFILL_BUCKET_COST_TOKENS, backends.ADMIT_FREE_SHARE = self.prefill_bucket_cost, self.admit_free_share
+        backends.sample_tokens, kv_cache.drop_rows, debate.generate_calls = self.sampler, self.drop_rows, self.run_calls
+
+
+def engines() -> dict[str, Engine]:
+    """Each engine adds one change to the one before it; the last is the engine the pipeline runs."""
+    changes = [  # key, label, change
+        ("prefix_sharing", "prefix sharing", {"share_prefixes": True}),
+        ("in_place", "+ in-place KV cache", {"cache_in_place": True}),
+        ("buckets", "+ prefill in length buckets", {"prefill_bucket_cost": backends.PREFILL_BUCKET_COST_TOKENS}),
+        ("sampling", "+ one uniform per draw", {"sampler": backends.sample_tokens}),
+        ("drop", "+ finished rows' slots refilled", {"drop_rows": kv_cache.drop_rows}),
+        ("continuous", "+ continuous batching", {"admit_free_share": backends.ADMIT_FREE_SHARE}),
+        ("after", "+ baselines and round 1 in one batch", {"run_calls": backends.generate_calls}),
+    ]
+    out = {"before": Engine("every row prefilled whole")}
+    for key, label, change in changes:
+        out[key] = replace(list(out.values())[-1], label=label, **change)
+    return out
+
+
+ENGINES = engines()
 
 
 def run(backend: HFBackend, questions, params, engine: str, n_params: int, peak: float
         ) -> tuple[dict, list[str], list[str]]:
-    (label, backend.share_prefixes, backend.cache_in_place, backends.PREFILL_BUCKET_COST_TOKENS,
-     backends.sample_tokens, kv_cache.drop_rows) = ENGINES[engine]
+    ENGINES[engine].install(backend)
+    label = ENGINES[engine].label
     counter = TokenCounter(backend.model)
     model, backend.model = backend.model, counter
     reset_peak_rss()
@@ -178,7 +212,10 @@ def main() -> None:
     parser.add_argument("--llama-server", default=None, metavar="BIN", help="also run llama.cpp's llama-server")
     parser.add_argument("--llama-parallel", type=int, default=16, help="llama-server slots (requests in flight)")
     parser.add_argument("--llama-threads", type=int, default=2)
+    parser.add_argument("--engines", nargs="+", choices=list(ENGINES), default=list(ENGINES),
+                        help="engines to run, in their order (before and after always run)")
     args = parser.parse_args()
+    selected = [engine for engine in ENGINES if engine in args.engines or engine in ("before", "after")]
     params, questions = setup(args.questions)
     device = torch_device(args.device or params.model.device)
     dtype = params.model.dtype
@@ -188,7 +225,7 @@ def main() -> None:
     peak = matmul_peak_gflops(dtype if dtype != "auto" else "float32")
     debate_chunk(questions[:2], backend, params.debate, seed=0)  # warm-up: first-call allocations
     rows, texts, greedy = {}, {}, {}
-    for engine in ENGINES:
+    for engine in selected:
         rows[engine], texts[engine], greedy[engine] = run(backend, questions, params, engine, n_params, peak)
     before, after = rows["before"], rows["after"]
     after_greedy = greedy["after"]
@@ -196,9 +233,9 @@ def main() -> None:
     def share_same(a: list[str], b: list[str]) -> float:
         return round(sum(x == y for x, y in zip(a, b)) / len(a), 4)
 
-    same = {engine: share_same(greedy["before"], greedy[engine]) for engine in ENGINES if engine != "before"}
-    engines = list(ENGINES)
-    same_as_previous = {engine: share_same(texts[previous], texts[engine]) for previous, engine in zip(engines, engines[1:])}
+    same = {engine: share_same(greedy["before"], greedy[engine]) for engine in selected[1:]}
+    same_as_previous = {engine: share_same(texts[previous], texts[engine])
+                        for previous, engine in zip(selected, selected[1:])}
     must = after["prompt_tokens"] + after["generated_tokens"]
     result = {
         "machine": machine(device), "model": params.model.teacher, "dtype": dtype,
@@ -216,16 +253,16 @@ def main() -> None:
         "same_greedy_text_by_engine": same,
         "same_text_as_previous_engine": same_as_previous,
     }
-    print(f"{'engine':>34} {'calls':>6} {'through model':>14} {'wall s':>8} {'gen tok/s':>10} {'GFLOP/s':>8} "
+    print(f"{'engine':>38} {'calls':>6} {'through model':>14} {'wall s':>8} {'gen tok/s':>10} {'GFLOP/s':>8} "
           f"{'roofline':>9}")
     for row in rows.values():
-        print(f"{row['engine']:>34} {row['calls']:>6} {row['tokens_through_model']:>14} {row['wall_s']:>8} "
+        print(f"{row['engine']:>38} {row['calls']:>6} {row['tokens_through_model']:>14} {row['wall_s']:>8} "
               f"{row['generated_tokens_per_s']:>10} {row['effective_gflops']:>8} {row['roofline_fraction']:>9}")
     print(f"tokens that must be processed (prompt + generated): {must}; matmul peak {peak:.0f} GFLOP/s ({dtype})")
-    print(f"{'engine':>34} {'prefill s':>10} {'decode s':>9} {'outside s':>10}  decoding steps of up to 16 rows")
+    print(f"{'engine':>38} {'prefill s':>10} {'decode s':>9} {'outside s':>10}  decoding steps of up to 16 rows")
     for row in rows.values():
         small = [band for name, band in row["decoding"].items() if name in ("1-4 rows", "5-16 rows")]
-        print(f"{row['engine']:>34} {row['prefill_s']:>10} {row['decode_s']:>9} {row['outside_model_s']:>10}  "
+        print(f"{row['engine']:>38} {row['prefill_s']:>10} {row['decode_s']:>9} {row['outside_model_s']:>10}  "
               f"{sum(b['steps'] for b in small)} steps, {sum(b['s'] for b in small):.1f} s")
     print(f"speed-up over before: {result['speedup_by_engine']}")
     print(f"identical greedy answers to before's ({len(greedy['after'])}): {same}")

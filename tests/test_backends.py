@@ -79,6 +79,40 @@ def test_decode_batch_drops_a_row_once_it_stops():
     assert model.widths == [3, 2, 1, 1, 1]  # the third row left after step 1, the first after step 2
 
 
+def test_continuous_batching_admits_waiting_rows_as_others_finish():
+    model = CountingLM()
+    done = []
+    new = decode_batch(model, [[10], [5, 20], [30], [40], [50]], pad_id=0, max_new_tokens=[5, 5, 5, 1, 5],
+                       stop_ids=[12, 24, 32], temperature=0.0, batch_size=2, on_done=done.append)
+    assert new == [[11, 12], [21, 22, 23, 24], [31, 32], [41], [51, 52, 53, 54, 55]]  # row 3: its own budget of 1
+    assert sum(done) == 5
+    # Forwards, by rows: prefill rows 0-1, a step of both; row 0 stops, a step of row 1; row 2's
+    # prefill joins it, a step of both; both stop: prefill rows 3-4; row 3 is done at once (its
+    # budget), and row 4 decodes alone.
+    assert model.widths == [2, 2, 1, 1, 2, 2, 1, 1, 1, 1]
+
+
+def test_continuous_batching_leaves_every_row_as_it_is_alone(hf):
+    """Rows of different lengths join a running batch of 3 as others stop (sampled, so that they stop
+    at different steps), each left-padded to the batch's width: each generates what it does alone."""
+    import torch
+
+    conversations = [CONVERSATIONS[i % 3] + [{"role": "user", "content": "More" + "?" * (5 * i)}] for i in range(7)]
+    prompts = [hf._prompt_ids(c) for c in conversations]
+    seeds = row_seeds(conversations, 13)
+
+    def decode(rows: list[int], stop_ids: list[int], batch_size=None) -> list[list[int]]:
+        return decode_batch(hf.model, [prompts[i] for i in rows], pad_id=hf.tokenizer.pad_token_id,
+                            max_new_tokens=12, stop_ids=stop_ids, temperature=1.0, batch_size=batch_size,
+                            generators=[torch.Generator().manual_seed(seeds[i]) for i in rows])
+
+    unstopped = decode(list(range(7)), [-1])
+    stop_ids = sorted({unstopped[0][1], unstopped[1][4], unstopped[4][2]})
+    streamed = decode(list(range(7)), stop_ids, batch_size=3)
+    assert streamed == [decode([i], stop_ids)[0] for i in range(7)]
+    assert len({len(row) for row in streamed}) > 2  # rows did stop at different steps
+
+
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_the_in_place_cache_changes_no_output(hf, temperature):
     """Rows of different lengths that stop at different steps: every cache operation of decoding."""
@@ -265,6 +299,29 @@ def test_rows_that_stop_early_leave_every_other_row_as_it_is_alone(hf):
     together = decode(list(range(6)), stop_ids)
     assert together == [decode([i], stop_ids)[0] for i in range(6)]
     assert len({len(row) for row in together}) > 1  # the rows did stop at different steps
+
+
+def test_calls_run_together_give_what_each_gives_alone_and_share_their_prompt(hf, monkeypatch):
+    """The debate's baselines and round 1 read one prompt: run together, it is prefilled once."""
+    from agentark_utils.backends import Call, generate_calls
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from common import TokenCounter
+
+    prompt = CONVERSATIONS[1]
+    calls = [Call([prompt], 0.0, 6, seed=0, desc="greedy"), Call([prompt] * 3, 1.0, 6, seed=1, desc="sampled"),
+             Call([], 1.0, 6, seed=2, desc="none"), Call([CONVERSATIONS[0]] * 2, 0.7, 4, seed=3, desc="other")]
+    alone = [hf.generate(c.conversations, temperature=c.temperature, max_new_tokens=c.max_new_tokens, seed=c.seed)
+             for c in calls]
+    model, hf.model = hf.model, TokenCounter(hf.model)
+    try:
+        together = generate_calls(hf, calls)
+        prefilled = hf.model.tokens - sum(rows for rows, _ in hf.model.steps)
+    finally:
+        hf.model = model
+    assert [[g.text for g in gens] for gens in together] == [[g.text for g in gens] for gens in alone]
+    assert [len(gens) for gens in together] == [1, 3, 0, 2]
+    assert prefilled <= len(hf._prompt_ids(prompt)) + len(hf._prompt_ids(CONVERSATIONS[0]))  # each prompt once
 
 
 def test_row_seeds_differ_between_calls_and_between_equal_conversations():
