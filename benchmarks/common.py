@@ -51,11 +51,23 @@ def matmul_peak_gflops(dtype: str, shape: tuple[int, int, int] = (1024, 1024, 10
 
 class TokenCounter:
     """Wraps the model: counts the input tokens (padding included) of every forward pass and times
-    them, prefill forwards (more than one token a row) apart from decoding steps (`steps`: each
-    step's rows and seconds)."""
+    them, the forwards of a prefill (`timing_prefill` wraps `backends.prefill`) apart from decoding
+    steps (`steps`: each step's rows and seconds). A forward's shape does not tell them apart: when
+    every prompt of a prefill is the same, its forward after the shared prefix is one token wide."""
 
     def __init__(self, model):
-        self.model, self.tokens, self.prefill_s, self.steps = model, 0, 0.0, []
+        self.model, self.tokens, self.steps, self.prefilling = model, 0, [], False
+        self.prefill_tokens, self.prefill_s = 0, 0.0
+
+    def timing_prefill(self, prefill):
+        """`prefill`, with the forwards it makes counted as prefill."""
+        def wrapped(*args, **kwargs):
+            self.prefilling = True
+            try:
+                return prefill(*args, **kwargs)
+            finally:
+                self.prefilling = False
+        return wrapped
 
     def __getattr__(self, name):
         return getattr(self.model, name)
@@ -69,7 +81,8 @@ class TokenCounter:
 
             torch.cuda.synchronize()
         seconds = time.perf_counter() - began
-        if input_ids.shape[1] > 1:
+        if self.prefilling:
+            self.prefill_tokens += input_ids.numel()
             self.prefill_s += seconds
         else:
             self.steps.append((input_ids.shape[0], seconds))

@@ -133,11 +133,12 @@ def run(backend: HFBackend, questions, params, engine: str, n_params: int
     label = ENGINES[engine].label
     counter = TokenCounter(backend.model)
     model, backend.model = backend.model, counter
+    prefill, backends.prefill = backends.prefill, counter.timing_prefill(backends.prefill)
     reset_peak_rss()
     began = time.perf_counter()
     records = debate_chunk(questions, backend, params.debate, seed=params.debate.seed)
     wall = time.perf_counter() - began
-    backend.model = model
+    backend.model, backends.prefill = model, prefill
     calls = [c for r in records for system in ("single", "self_consistency", "debate") for c in system_calls(r, system)]
     prompt = sum(c["prompt_tokens"] for c in calls)
     generated = sum(c["completion_tokens"] for c in calls)

@@ -303,6 +303,7 @@ def test_rows_that_stop_early_leave_every_other_row_as_it_is_alone(hf):
 
 def test_calls_run_together_give_what_each_gives_alone_and_share_their_prompt(hf, monkeypatch):
     """The debate's baselines and round 1 read one prompt: run together, it is prefilled once."""
+    from agentark_utils import backends
     from agentark_utils.backends import Call, generate_calls
 
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
@@ -314,9 +315,10 @@ def test_calls_run_together_give_what_each_gives_alone_and_share_their_prompt(hf
     alone = [hf.generate(c.conversations, temperature=c.temperature, max_new_tokens=c.max_new_tokens, seed=c.seed)
              for c in calls]
     model, hf.model = hf.model, TokenCounter(hf.model)
+    monkeypatch.setattr(backends, "prefill", hf.model.timing_prefill(backends.prefill))
     try:
         together = generate_calls(hf, calls)
-        prefilled = hf.model.tokens - sum(rows for rows, _ in hf.model.steps)
+        prefilled = hf.model.prefill_tokens
     finally:
         hf.model = model
     assert [[g.text for g in gens] for gens in together] == [[g.text for g in gens] for gens in alone]

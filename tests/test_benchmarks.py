@@ -138,9 +138,16 @@ def test_token_counter_times_prefill_apart_from_decoding_steps_by_their_rows(mon
     common = importlib.import_module("common")
     model = lambda input_ids, **_: SimpleNamespace(logits=torch.zeros(*input_ids.shape, 4))  # noqa: E731
     counter = common.TokenCounter(model)
-    for shape in [(3, 5), (3, 1), (2, 1), (20, 1), (1, 7), (70, 1)]:  # two prefills, four steps
+
+    def forward(shape):
         counter(input_ids=torch.zeros(shape, dtype=torch.long))
-    assert counter.tokens == 15 + 3 + 2 + 20 + 7 + 70
+
+    prefill = counter.timing_prefill(lambda *shapes: [forward(shape) for shape in shapes])
+    # Two prefills (the second: equal prompts, one token after their shared prefix), four steps.
+    for shapes, prefilling in [([(3, 5)], True), ([(3, 1), (2, 1), (20, 1)], False), ([(1, 6), (4, 1)], True),
+                               ([(70, 1)], False)]:
+        prefill(*shapes) if prefilling else [forward(shape) for shape in shapes]
+    assert counter.tokens == 15 + 3 + 2 + 20 + 6 + 4 + 70 and counter.prefill_tokens == 15 + 6 + 4
     assert [rows for rows, _ in counter.steps] == [3, 2, 20, 70] and counter.prefill_s > 0
     bands = counter.decoding()
     assert {name: band["steps"] for name, band in bands.items()} == {
