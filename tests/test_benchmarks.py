@@ -154,3 +154,20 @@ def test_token_counter_times_prefill_apart_from_decoding_steps_by_their_rows(mon
         "1-4 rows": 2, "5-16 rows": 0, "17-64 rows": 1, "over 64 rows": 1}
     assert bands["5-16 rows"]["ms_per_step"] is None
     sys.modules.pop("common", None)
+
+
+def test_pipeline_timing_resumes_keeping_the_times_of_stages_still_up_to_date(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    pipeline = importlib.import_module("pipeline")
+    out = tmp_path / "stages.json"
+    out.write_text('{"stages_s": {"a": 100.0, "b": 50.0}}')
+    monkeypatch.setattr(pipeline, "stage_names", lambda _: ["a", "b", "c"])
+    monkeypatch.setattr(pipeline, "up_to_date", lambda stage: stage == "a")  # b changed since it was timed
+    ran = []
+    monkeypatch.setattr(pipeline, "timed", lambda command: ran.append(command[-1] if len(command) > 2 else "noop") or 7.0)
+    monkeypatch.setattr(sys, "argv", ["pipeline.py", "--out", str(out), "--resume"])
+    pipeline.main()
+    result = __import__("json").loads(out.read_text())
+    assert ran == ["b", "c", "noop"]
+    assert result["stages_s"] == {"a": 100.0, "b": 7.0, "c": 7.0} and result["total_s"] == 114.0 and result["resumed"]
+    sys.modules.pop("pipeline", None)
