@@ -92,6 +92,40 @@ def test_continuous_batching_admits_waiting_rows_as_others_finish():
     assert model.widths == [2, 2, 1, 1, 2, 2, 1, 1, 1, 1]
 
 
+def test_a_sliding_window_cache_decodes_batch_after_batch():
+    """Its layers keep their own window, which a join would have to cut alike: rows wait until the
+    batch is empty."""
+    model = CountingLM()
+    model.config.layer_types, model.config.sliding_window = ["sliding_attention"], 8
+    new = decode_batch(model, [[10], [5, 20], [30], [40]], pad_id=0, max_new_tokens=3, stop_ids=[12], temperature=0.0,
+                       batch_size=2)
+    assert new == [[11, 12], [21, 22, 23], [31, 32, 33], [41, 42, 43]]
+    # Prefill rows 0-1, a step of both, a step of row 1 alone (row 0 stopped; row 2 waits), then rows 2-3.
+    assert model.widths == [2, 2, 1, 2, 2, 2]
+
+
+def test_each_row_is_charged_the_steps_it_took_part_in():
+    model = CountingLM()
+    seconds = [0.0] * 3
+    began = time.perf_counter()
+    new = decode_batch(model, [[10], [20], [30]], pad_id=0, max_new_tokens=[2, 8, 4], stop_ids=[-1], temperature=0.0,
+                       seconds=seconds)
+    wall = time.perf_counter() - began
+    assert [len(row) for row in new] == [2, 8, 4]
+    assert 0 < sum(seconds) <= wall and seconds[1] > seconds[2] > seconds[0]
+
+
+def test_sampling_takes_one_generator_for_all_rows_and_needs_one_for_every_sampled_row():
+    import torch
+
+    logits = torch.randn(4, 30, generator=torch.Generator().manual_seed(1)).bfloat16()
+    drawn = sample_tokens(logits, 1.0, torch.Generator().manual_seed(0))
+    assert drawn.shape == (4,) and ((drawn >= 0) & (drawn < 30)).all()
+    assert sample_tokens(logits, [0.0, 0.0, 0.0, 0.0]).tolist() == logits.argmax(-1).tolist()  # greedy needs none
+    with pytest.raises(ValueError, match="needs a generator"):
+        sample_tokens(logits, [0.0, 0.7, 0.0, 0.0], [None] * 4)
+
+
 def test_continuous_batching_leaves_every_row_as_it_is_alone(hf):
     """Rows of different lengths join a running batch of 3 as others stop (sampled, so that they stop
     at different steps), each left-padded to the batch's width: each generates what it does alone."""
@@ -314,6 +348,9 @@ def test_calls_run_together_give_what_each_gives_alone_and_share_their_prompt(hf
              Call([], 1.0, 6, seed=2, desc="none"), Call([CONVERSATIONS[0]] * 2, 0.7, 4, seed=3, desc="other")]
     alone = [hf.generate(c.conversations, temperature=c.temperature, max_new_tokens=c.max_new_tokens, seed=c.seed)
              for c in calls]
+    small = HFBackend.__new__(HFBackend)  # rows join a running batch of 2 as others finish
+    small.__dict__.update({**hf.__dict__, "batch_size": 2})
+    assert [[g.text for g in gens] for gens in generate_calls(small, calls)] == [[g.text for g in gens] for gens in alone]
     model, hf.model = hf.model, TokenCounter(hf.model)
     monkeypatch.setattr(backends, "prefill", hf.model.timing_prefill(backends.prefill))
     try:
