@@ -313,8 +313,9 @@ def decode_batch(model, prompts: list[list[int]], *, pad_id: int, max_new_tokens
     temperature 0 is greedy; otherwise plain sampling (`sample_tokens`), each row's uniforms drawn
     from its own `generators[row]`, so a row's sample does not depend on its batch-mates.
     `on_done(k)` is told each time k rows have finished (a progress bar). `seconds`, a list of one
-    number per row, is filled with each row's share of the wall time: each decoding step's time
-    split evenly over the rows in it, each admission's over the rows admitted, by prompt length.
+    number per row, is filled with each row's share of the wall time: each step's sampling split
+    evenly over the rows sampled, its forward over the rows still running, and each admission's
+    prefill over the rows admitted, by prompt length.
     """
     import torch
 
@@ -323,18 +324,21 @@ def decode_batch(model, prompts: list[list[int]], *, pad_id: int, max_new_tokens
     n = len(prompts)
     temperatures, budgets, generators = per_row(temperature, n), per_row(max_new_tokens, n), per_row(generators, n)
     size = batch_size or n
+    device = model.device
     spent = seconds if seconds is not None else [0.0] * n
+    on_cuda = torch.device(device).type == "cuda"
     clock = time.perf_counter()
 
     def charge(charged: list[int], weights: list[int]) -> None:
         """The time since the last charge, to `charged` rows in proportion to `weights`."""
         nonlocal clock
-        now = time.perf_counter()
+        if on_cuda:  # kernels run asynchronously: wait for the work being charged
+            torch.cuda.synchronize()
+        now, total = time.perf_counter(), sum(weights)
         for row, weight in zip(charged, weights):
-            spent[row] += (now - clock) * weight / sum(weights)
+            spent[row] += (now - clock) * weight / total
         clock = now
 
-    device = model.device
     cache_name = cache_kwarg(model)
     stops = torch.tensor(stop_ids, device=device)
     new: list[list[int]] = [[] for _ in range(n)]
@@ -378,12 +382,13 @@ def decode_batch(model, prompts: list[list[int]], *, pad_id: int, max_new_tokens
             if not running.all():
                 keep = drop_rows(cache, running)
                 mask, next_tokens, rows = mask[keep], next_tokens[keep], rows[keep]
+            charge(live, [1] * len(live))  # every live row was sampled
             mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
             # Positions count real tokens only, so padding does not shift them.
             positions = (mask.cumsum(-1) - 1)[:, -1:]
             logits = model(input_ids=next_tokens[:, None], attention_mask=mask, position_ids=positions,
                            **{cache_name: cache}, use_cache=True, logits_to_keep=1).logits[:, -1].float()
-            charge(live, [1] * len(live))  # the step: every live row sampled, those still running went forward
+            charge(rows.tolist(), [1] * len(rows))  # the forward of the rows still running
 
 
 class HFBackend(_Closing):

@@ -115,7 +115,7 @@ def join_rows(cache: DynamicCache, other: DynamicCache, width: int, trim: int) -
                 first = width - states.shape[-2] - trim  # where this side's first token lands
                 out[start : start + len(states), :, max(first, 0) : width - trim] = states[:, :, max(-first, 0) :]
             joined.append(out)
-        if spare:
+        if isinstance(layer, InPlaceLayer):
             layer.key_buffer, layer.value_buffer = joined
             layer.keys, layer.values = (buffer[:, :, : width - trim] for buffer in joined)
         else:

@@ -344,11 +344,13 @@ def test_calls_run_together_give_what_each_gives_alone_and_share_their_prompt(hf
     from common import TokenCounter
 
     prompt = CONVERSATIONS[1]
-    calls = [Call([prompt], 0.0, 6, seed=0, desc="greedy"), Call([prompt] * 3, 1.0, 6, seed=1, desc="sampled"),
+    calls = [Call([prompt], 0.0, 3, seed=0, desc="greedy"), Call([prompt] * 3, 1.0, 6, seed=1, desc="sampled"),
              Call([], 1.0, 6, seed=2, desc="none"), Call([CONVERSATIONS[0]] * 2, 0.7, 4, seed=3, desc="other")]
     alone = [hf.generate(c.conversations, temperature=c.temperature, max_new_tokens=c.max_new_tokens, seed=c.seed)
              for c in calls]
-    small = HFBackend.__new__(HFBackend)  # rows join a running batch of 2 as others finish
+    # Batches of 2: the greedy row, first in, ends after 3 tokens, and a sampled row joins the other
+    # sampled row mid-decoding (`kv_cache.join_rows`).
+    small = HFBackend.__new__(HFBackend)
     small.__dict__.update({**hf.__dict__, "batch_size": 2})
     assert [[g.text for g in gens] for gens in generate_calls(small, calls)] == [[g.text for g in gens] for gens in alone]
     model, hf.model = hf.model, TokenCounter(hf.model)
