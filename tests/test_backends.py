@@ -126,6 +126,16 @@ def test_sampling_takes_one_generator_for_all_rows_and_needs_one_for_every_sampl
         sample_tokens(logits, [0.0, 0.7, 0.0, 0.0], [None] * 4)
 
 
+def test_sampling_never_draws_a_token_of_probability_zero(monkeypatch):
+    """At the top of the uniform's range u x total can round up to the CDF's end, past every token:
+    the draw must stay on the last token with probability above 0, not fall on the vocabulary's end."""
+    import torch
+
+    logits = torch.tensor([[0.0, 1.0, 2.0, float("-inf"), float("-inf")]])
+    monkeypatch.setattr(torch, "rand", lambda *args, **kwargs: torch.ones(1))  # the rounding's worst case
+    assert sample_tokens(logits, 1.0, torch.Generator()).tolist() == [2]
+
+
 def test_continuous_batching_leaves_every_row_as_it_is_alone(hf):
     """Rows of different lengths join a running batch of 3 as others stop (sampled, so that they stop
     at different steps), each left-padded to the batch's width: each generates what it does alone."""
