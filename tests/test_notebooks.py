@@ -216,7 +216,8 @@ def test_evaluate_notebook(tmp_path, tiny_model_dir):
     changes = json.loads((rob / "metrics.json").read_text())
     # the hand-made questions carry no arithmetic expression, so `renumber` does not apply to them
     assert set(changes) == {f"{m} | {p}" for m in ("base", "pad") for p in ("distractor", "peer_hint")}
-    assert all(v["n"] == 2 and -1 <= v["change"] <= 1 for v in changes.values())
+    assert all(v["n"] == 2 and -1 <= v["change"] <= 1 and v["gained"] + v["lost"] <= 2 and "mde" in v
+               for v in changes.values())
     assert (figures / "robustness.png").read_bytes()[:4] == b"\x89PNG"
 
     # reasoning-span perplexity; the hand-made questions have no gold reasoning, so give one
@@ -227,6 +228,7 @@ def test_evaluate_notebook(tmp_path, tiny_model_dir):
     ppl = json.loads((tmp_path / "reasoning" / "metrics.json").read_text())
     assert set(ppl) == {"base", "da"} and ppl["da"]["n_questions"] == 2
     assert ppl["da"]["avg_nll"] == pytest.approx(ppl["base"]["avg_nll"])  # the same weights twice
+    assert ppl["da"]["vs_base"]["difference"] == pytest.approx(0) and ppl["da"]["vs_base"]["n_questions"] == 2
     assert (figures / "reasoning_perplexity.png").read_bytes()[:4] == b"\x89PNG"
 
     # and the paper side by side, from those results
