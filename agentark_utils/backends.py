@@ -283,6 +283,8 @@ def sample_tokens(logits, temperature, generators=None):
     uniforms = torch.cat([torch.rand(1, generator=generators[i], device=generators[i].device) for i in hot])
     cdf = torch.softmax(logits[index].float() / scale, dim=-1).cumsum(-1)
     total = cdf[:, -1:]
+    if not torch.isfinite(total).all():  # searchsorted would return an id past the vocabulary
+        raise ValueError("a sampled row's logits are not finite: there is no distribution to draw from")
     # u < 1, but u x total can round up to total, past every token: keep the target below it.
     target = torch.minimum(uniforms.to(cdf)[:, None] * total, total.nextafter(torch.zeros_like(total)))
     tokens[index] = torch.searchsorted(cdf, target, right=True).squeeze(-1)
@@ -310,12 +312,14 @@ def decode_batch(model, prompts: list[list[int]], *, pad_id: int, max_new_tokens
     last steps run a few rows at the full fixed cost of a step. The cache appends in place
     (`kv_cache.InPlaceLayer`; cache_in_place=False: transformers' concatenating one).
 
-    temperature 0 is greedy; otherwise plain sampling (`sample_tokens`), each row's uniforms drawn
-    from its own `generators[row]`, so a row's sample does not depend on its batch-mates.
+    temperature 0 is greedy; otherwise plain sampling (`sample_tokens`). With one generator per row
+    (`generators[row]`, as `HFBackend` passes them) a row's sample does not depend on its
+    batch-mates; one generator for all rows is shared, in batch order.
     `on_done(k)` is told each time k rows have finished (a progress bar). `seconds`, a list of one
     number per row, is filled with each row's share of the wall time: each step's sampling split
-    evenly over the rows sampled, its forward over the rows still running, and each admission's
-    prefill over the rows admitted, by prompt length.
+    evenly over the rows sampled, its forward over the rows still running, and each admission (its
+    prefill, and the join that makes room for it in the running batch) over the rows admitted, by
+    prompt length.
     """
     import torch
 
@@ -333,7 +337,7 @@ def decode_batch(model, prompts: list[list[int]], *, pad_id: int, max_new_tokens
         """The time since the last charge, to `charged` rows in proportion to `weights`."""
         nonlocal clock
         if on_cuda:  # kernels run asynchronously: wait for the work being charged
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
         now, total = time.perf_counter(), sum(weights)
         for row, weight in zip(charged, weights):
             spent[row] += (now - clock) * weight / total
@@ -353,7 +357,8 @@ def decode_batch(model, prompts: list[list[int]], *, pad_id: int, max_new_tokens
             free = size - (0 if rows is None else len(rows))
             if waiting and (rows is None or (free >= max(1, ADMIT_FREE_SHARE * size) and can_join(cache))):
                 admitted = [waiting.popleft() for _ in range(min(free, len(waiting)))]
-                added = kv_cache(model, spare=max(budgets), in_place=cache_in_place)
+                # Joined rows move into the running cache's buffer: only a new batch needs spare room.
+                added = kv_cache(model, spare=max(budgets) if rows is None else 0, in_place=cache_in_place)
                 added_mask, added_logits = prefill(model, [prompts[i] for i in admitted], pad_id, added, share_prefixes)
                 added_rows = torch.tensor(admitted, device=device)
                 if rows is None:

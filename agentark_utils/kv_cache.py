@@ -109,8 +109,10 @@ def join_rows(cache: DynamicCache, other: DynamicCache, width: int, trim: int) -
         spare = layer.spare if isinstance(layer, InPlaceLayer) else 0
         joined = []
         for mine, theirs in ((layer.keys, extra.keys), (layer.values, extra.values)):
-            # Zeros, not empty memory: attention weighs a masked slot by exactly 0, and 0 x NaN is NaN.
-            out = mine.new_zeros(len(mine) + len(theirs), mine.shape[1], width - trim + spare, mine.shape[-1])
+            out = mine.new_empty(len(mine) + len(theirs), mine.shape[1], width - trim + spare, mine.shape[-1])
+            # Zeros where attention reads, not empty memory: it weighs a masked slot by exactly 0, and
+            # 0 x NaN is NaN. The spare room is written before it is read.
+            out[:, :, : width - trim].zero_()
             for start, states in ((0, mine), (len(mine), theirs)):
                 first = width - states.shape[-2] - trim  # where this side's first token lands
                 out[start : start + len(states), :, max(first, 0) : width - trim] = states[:, :, max(-first, 0) :]

@@ -111,7 +111,9 @@ JOINS = {  # (running rows, their tokens), (joining rows, their tokens), slots n
     "joining rows shorter": ((3, 6), (2, 4), 0),
     "joining rows longer": ((2, 3), (3, 7), 0),
     "equal, the first slots unused": ((2, 5), (2, 5), 2),
-    "cut into the shorter side's own padding": ((2, 8), (1, 5), 4),
+    # the running rows' first 4 slots are padding of their own (their mask hides them), the joining
+    # row's 3 slots of padding fall inside those: 4 slots go
+    "the running rows' own leading padding cut": ((2, 8), (1, 5), 4),
 }
 
 
