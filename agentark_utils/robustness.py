@@ -96,8 +96,9 @@ def perturb(questions: list[Question], name: str, seed: int = 0) -> list[Questio
 def accuracy_drops(perturbed: list[dict], clean: list[dict]) -> list[dict]:
     """Per model and perturbation: accuracy on the perturbed questions against the same model on the
     original questions (paired by original id), with Newcombe's paired CI of the change, the
-    questions it gained and lost, McNemar's p and the smallest change this many questions could
-    detect (`mde`, NaN where none changed): "holds" means nothing without it.
+    questions it gained and lost, McNemar's p, and `mde`, the smallest change the test detects with
+    80 % power at the observed discordance. `mde` is NaN where so few answers changed that no change
+    could be detected; then the CI is what bounds a change (a model "holds" within it).
 
     Both lists hold prediction rows with `model`, `id` and `status`; perturbed rows also `test_set`
     (the perturbation's name) and ids of the form `<original id>~<perturbation>`.

@@ -82,14 +82,19 @@ def run_sweep(cfg: Params, train: list[Question], test: list[Question], examples
                 source_digest("agentark_utils.answers")]  # the grader behind each point's accuracy
     subsets = {(strategy, fraction): data_subset(examples[strategy], fraction, cfg.scaling.seed)
                for strategy in cfg.scaling.strategies for fraction in cfg.scaling.fractions}
+    # A share that rounds up to all of a strategy's questions, or the main run's agent count, is the
+    # main run's own point (the curve's end, from `evaluate`): not trained again.
+    subsets = {key: subset for key, subset in subsets.items()
+               if len({r.question_id for r in subset}) < len({e.question_id for e in examples[key[0]]})}
+    agent_counts = [n for n in cfg.scaling.agents if n != cfg.debate.n_agents]
     plan = {}
     for (strategy, _), subset in subsets.items():
         x = len({row.question_id for row in subset})
         plan[("data", strategy, x)] = point_fingerprint("data", strategy, x, [e.to_dict() for e in subset],
                                                         cfg.model.student, settings)
-    sweeps = {n: cfg.debate.model_copy(update={"n_agents": n, "self_consistency_samples": 1}) for n in cfg.scaling.agents}
+    sweeps = {n: cfg.debate.model_copy(update={"n_agents": n, "self_consistency_samples": 1}) for n in agent_counts}
     sweep_ids = {n: debate.fingerprint(cfg.model, sweep) for n, sweep in sweeps.items()}
-    for n_agents in cfg.scaling.agents:
+    for n_agents in agent_counts:
         for strategy in cfg.scaling.strategies:
             plan[("agents", strategy, n_agents)] = point_fingerprint(
                 "agents", strategy, n_agents,
@@ -97,7 +102,7 @@ def run_sweep(cfg: Params, train: list[Question], test: list[Question], examples
                 cfg.model.student, settings)
     # A point recorded before points kept their right answers cannot be paired: train it again.
     done = {point_key(p) for p in resume_jsonl(points_file,
-                                               lambda p: plan.get(point_key(p)) if "correct_ids" in p else None)}
+                                               lambda p: plan.get(point_key(p)) if {"n_answered", "correct_ids"} <= p.keys() else None)}
 
     def train_and_evaluate(axis: str, x: int, strategy: str, rows: list[Example]) -> None:
         model_dir = work_dir / f"{axis}-{x}-{strategy}"
@@ -109,7 +114,7 @@ def run_sweep(cfg: Params, train: list[Question], test: list[Question], examples
         append_jsonl(points_file, [{"axis": axis, "strategy": strategy, "x": x, "fingerprint": plan[(axis, strategy, x)],
                                     "n_questions": len({row.question_id for row in rows}), "n_rows": len(rows),
                                     "accuracy": result["accuracy"], "ci_low": result["ci95"][0],
-                                    "ci_high": result["ci95"][1],
+                                    "ci_high": result["ci95"][1], "n_answered": len(predictions),
                                     "correct_ids": sorted(p["id"] for p in predictions if p["status"] == "correct")}])
         shutil.rmtree(model_dir)
 
@@ -119,7 +124,7 @@ def run_sweep(cfg: Params, train: list[Question], test: list[Question], examples
             train_and_evaluate("data", x, strategy, subset)
             done.add(("data", strategy, x))  # two fractions can round to the same questions
 
-    for n_agents in cfg.scaling.agents:
+    for n_agents in agent_counts:
         missing = [s for s in cfg.scaling.strategies if ("agents", s, n_agents) not in done]
         if not missing:
             continue
@@ -160,8 +165,10 @@ def curve_points(points: list[dict], main_run: pd.DataFrame, examples: dict[str,
 def versus_main(points: list[dict], main_predictions: list[dict], test_name: str) -> dict[str, dict]:
     """Each sweep point against its strategy's main student (all kept questions, `debate.n_agents`
     agents), paired on the test questions `test_name`: the difference, its Newcombe CI, gained,
-    lost, McNemar's p and the smallest difference those questions could detect (`mde`). Keyed
-    "axis | strategy | x"; `main_predictions` are the evaluate stage's prediction rows."""
+    lost, McNemar's p and `mde`, the smallest difference the test detects with 80 % power at the
+    observed discordance (NaN where so few answers differ that no difference could be detected:
+    then the CI is the bound). Keyed "axis | strategy | x"; `main_predictions` are the evaluate
+    stage's prediction rows. A point must have answered exactly the main run's questions."""
     main: dict[str, dict[str, bool]] = {}
     for row in main_predictions:
         if row["test_set"] == test_name:
@@ -172,9 +179,9 @@ def versus_main(points: list[dict], main_predictions: list[dict], test_name: str
             raise ValueError(f"the main run has no {point['strategy']!r} answers on {test_name!r} to pair with")
         answers = main[point["strategy"]]
         right = set(point["correct_ids"])
-        if not right <= answers.keys():
-            raise ValueError(f"{point['axis']} | {point['strategy']} | {point['x']}: answered questions "
-                             f"the main run did not ({len(right - answers.keys())})")
+        if point["n_answered"] != len(answers) or not right <= answers.keys():
+            raise ValueError(f"{point['axis']} | {point['strategy']} | {point['x']}: answered other questions "
+                             f"than the main run ({point['n_answered']} against {len(answers)})")
         ids = sorted(answers)
         out[f"{point['axis']} | {point['strategy']} | {point['x']}"] = paired_with_power(
             [i in right for i in ids], [answers[i] for i in ids])
