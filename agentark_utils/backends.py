@@ -11,9 +11,9 @@ prompt and completion token counts and latency.
   several replicas of one, with retries and failover (`OpenAIBackend`); the API key is read from
   OPENAI_API_KEY and never logged.
 
-Latency is amortized: a batched call's wall time split over its generations (hf: in proportion to
-their tokens; vllm: evenly; openai: each request's own), so that the latencies of a question's
-calls add up to its cost.
+Latency is amortized: a batched call's wall time split over its generations (hf: each decoding
+step's time over the rows in it, each prefill's over the rows it admitted; vllm: evenly; openai:
+each request's own), so that the latencies of a question's calls add up to its cost.
 
 Sampling seeds are per conversation (`row_seeds`): a hash of the call's seed, the conversation and
 its rank among identical conversations of the call. A sample therefore depends on neither the
@@ -98,14 +98,19 @@ class Call:
     desc: str = "generate"
 
 
+def sequential_calls(backend: Backend, calls: list[Call]) -> list[list[Generation]]:
+    """Each call through `backend.generate`, one after another (an empty call makes no request)."""
+    return [backend.generate(call.conversations, temperature=call.temperature, max_new_tokens=call.max_new_tokens,
+                             seed=call.seed, desc=call.desc) if call.conversations else [] for call in calls]
+
+
 def generate_calls(backend: Backend, calls: list[Call]) -> list[list[Generation]]:
     """Run calls that do not depend on each other: together where the backend can (hf: in one
     continuous batch, so a prompt several calls read is prefilled once), otherwise one after
     another. Each call gets the generations it would get alone (seeds are per call and conversation)."""
     if hasattr(backend, "generate_calls"):
         return backend.generate_calls(calls)
-    return [backend.generate(call.conversations, temperature=call.temperature, max_new_tokens=call.max_new_tokens,
-                             seed=call.seed, desc=call.desc) if call.conversations else [] for call in calls]
+    return sequential_calls(backend, calls)
 
 
 class _Closing:
@@ -249,10 +254,15 @@ def prefill(model, prompts: list[list[int]], pad_id: int, cache, share_prefixes:
     return mask, logits
 
 
+def per_row(value, rows: int) -> list:
+    """One value per row: `value` itself if it is a list, else `value` for every row."""
+    return value if isinstance(value, list) else [value] * rows
+
+
 def sample_tokens(logits, temperature, generators=None):
     """The next token of each row: the argmax where its temperature is 0; elsewhere a draw from
     softmax(logits / temperature), by inverting its CDF at one uniform from the row's generator.
-    `temperature` and `generators`: one for all rows or a list with one per row.
+    `temperature` and `generators`: one for all rows, or a list with one per row.
 
     One random number per row and step: torch.multinomial drew an exponential for every vocabulary
     entry of every row, one row at a time, and took 15 % of the default debate's wall time
@@ -261,17 +271,23 @@ def sample_tokens(logits, temperature, generators=None):
     """
     import torch
 
-    temperatures = temperature if isinstance(temperature, list) else [temperature] * len(logits)
+    temperatures, generators = per_row(temperature, len(logits)), per_row(generators, len(logits))
     tokens = logits.argmax(-1)
     hot = [i for i, t in enumerate(temperatures) if t > 0]
     if not hot:
         return tokens
+    if any(generators[i] is None for i in hot):
+        raise ValueError("sampling at a temperature above 0 needs a generator for every sampled row")
     index = torch.tensor(hot, device=logits.device)
-    scale = torch.tensor([temperatures[i] for i in hot], device=logits.device, dtype=logits.dtype)[:, None]
+    scale = torch.tensor([temperatures[i] for i in hot], device=logits.device)[:, None]
     uniforms = torch.cat([torch.rand(1, generator=generators[i], device=generators[i].device) for i in hot])
-    cdf = torch.softmax(logits[index] / scale, dim=-1).cumsum(-1)
-    drawn = torch.searchsorted(cdf, (uniforms.to(cdf.device) * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
-    tokens[index] = drawn.clamp_(max=logits.shape[-1] - 1)
+    cdf = torch.softmax(logits[index].float() / scale, dim=-1).cumsum(-1)
+    total = cdf[:, -1:]
+    if not torch.isfinite(total).all():  # searchsorted would return an id past the vocabulary
+        raise ValueError("a sampled row's logits are not finite: there is no distribution to draw from")
+    # u < 1, but u x total can round up to total, past every token: keep the target below it.
+    target = torch.minimum(uniforms.to(cdf)[:, None] * total, total.nextafter(torch.zeros_like(total)))
+    tokens[index] = torch.searchsorted(cdf, target, right=True).squeeze(-1)
     return tokens
 
 
@@ -282,7 +298,8 @@ ADMIT_FREE_SHARE = 0.25
 
 def decode_batch(model, prompts: list[list[int]], *, pad_id: int, max_new_tokens: int | list[int],
                  stop_ids: list[int], temperature: float | list[float], generators=None, batch_size: int | None = None,
-                 share_prefixes: bool = True, cache_in_place: bool = True, on_done=None) -> list[list[int]]:
+                 share_prefixes: bool = True, cache_in_place: bool = True, on_done=None,
+                 seconds: list[float] | None = None) -> list[list[int]]:
     """Generate for prompts (token ids); returns each row's new tokens, up to and including its stop
     token. `max_new_tokens` and `temperature`: one for all rows, or a list with one per row.
 
@@ -295,19 +312,37 @@ def decode_batch(model, prompts: list[list[int]], *, pad_id: int, max_new_tokens
     last steps run a few rows at the full fixed cost of a step. The cache appends in place
     (`kv_cache.InPlaceLayer`; cache_in_place=False: transformers' concatenating one).
 
-    temperature 0 is greedy; otherwise plain sampling (`sample_tokens`), each row's uniforms drawn
-    from its own `generators[row]`, so a row's sample does not depend on its batch-mates.
-    `on_done(k)` is told each time k rows have finished (a progress bar).
+    temperature 0 is greedy; otherwise plain sampling (`sample_tokens`). With one generator per row
+    (`generators[row]`, as `HFBackend` passes them) a row's sample does not depend on its
+    batch-mates; one generator for all rows is shared, in batch order.
+    `on_done(k)` is told each time k rows have finished (a progress bar). `seconds`, a list of one
+    number per row, is filled with each row's share of the wall time: each step's sampling split
+    evenly over the rows sampled, its forward over the rows still running, and each admission (its
+    prefill, and the join that makes room for it in the running batch) over the rows admitted, by
+    prompt length.
     """
     import torch
 
     from agentark_utils.kv_cache import can_join, drop_rows, join_rows, kv_cache
 
     n = len(prompts)
-    temperatures = temperature if isinstance(temperature, list) else [temperature] * n
-    budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * n
+    temperatures, budgets, generators = per_row(temperature, n), per_row(max_new_tokens, n), per_row(generators, n)
     size = batch_size or n
     device = model.device
+    spent = seconds if seconds is not None else [0.0] * n
+    on_cuda = torch.device(device).type == "cuda"
+    clock = time.perf_counter()
+
+    def charge(charged: list[int], weights: list[int]) -> None:
+        """The time since the last charge, to `charged` rows in proportion to `weights`."""
+        nonlocal clock
+        if on_cuda:  # kernels run asynchronously: wait for the work being charged
+            torch.cuda.synchronize(device)
+        now, total = time.perf_counter(), sum(weights)
+        for row, weight in zip(charged, weights):
+            spent[row] += (now - clock) * weight / total
+        clock = now
+
     cache_name = cache_kwarg(model)
     stops = torch.tensor(stop_ids, device=device)
     new: list[list[int]] = [[] for _ in range(n)]
@@ -322,7 +357,8 @@ def decode_batch(model, prompts: list[list[int]], *, pad_id: int, max_new_tokens
             free = size - (0 if rows is None else len(rows))
             if waiting and (rows is None or (free >= max(1, ADMIT_FREE_SHARE * size) and can_join(cache))):
                 admitted = [waiting.popleft() for _ in range(min(free, len(waiting)))]
-                added = kv_cache(model, spare=max(budgets), in_place=cache_in_place)
+                # Joined rows move into the running cache's buffer: only a new batch needs spare room.
+                added = kv_cache(model, spare=max(budgets) if rows is None else 0, in_place=cache_in_place)
                 added_mask, added_logits = prefill(model, [prompts[i] for i in admitted], pad_id, added, share_prefixes)
                 added_rows = torch.tensor(admitted, device=device)
                 if rows is None:
@@ -333,11 +369,11 @@ def decode_batch(model, prompts: list[list[int]], *, pad_id: int, max_new_tokens
                     trim = int(mask.any(0).int().argmax())  # the first slot any row uses
                     join_rows(cache, added, width, trim)
                     mask, logits, rows = mask[:, trim:], torch.cat([logits, added_logits]), torch.cat([rows, added_rows])
+                charge(admitted, [len(prompts[i]) for i in admitted])
             if rows is None:
                 return new
             live = rows.tolist()
-            next_tokens = sample_tokens(logits, [temperatures[row] for row in live],
-                                        [generators[row] if temperatures[row] > 0 else None for row in live])
+            next_tokens = sample_tokens(logits, [temperatures[row] for row in live], [generators[row] for row in live])
             for row, token in zip(live, next_tokens.tolist()):
                 new[row].append(token)
             under_budget = torch.tensor([len(new[row]) < budgets[row] for row in live], device=device)
@@ -345,16 +381,19 @@ def decode_batch(model, prompts: list[list[int]], *, pad_id: int, max_new_tokens
             if on_done is not None and not running.all():
                 on_done(int((~running).sum()))
             if not running.any():
+                charge(live, [1] * len(live))
                 cache = mask = logits = rows = None
                 continue
             if not running.all():
                 keep = drop_rows(cache, running)
                 mask, next_tokens, rows = mask[keep], next_tokens[keep], rows[keep]
+            charge(live, [1] * len(live))  # every live row was sampled
             mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
             # Positions count real tokens only, so padding does not shift them.
             positions = (mask.cumsum(-1) - 1)[:, -1:]
             logits = model(input_ids=next_tokens[:, None], attention_mask=mask, position_ids=positions,
                            **{cache_name: cache}, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+            charge(rows.tolist(), [1] * len(rows))  # the forward of the rows still running
 
 
 class HFBackend(_Closing):
@@ -397,24 +436,19 @@ class HFBackend(_Closing):
         # side by side, so that they are admitted together and prefilled once.
         order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), prompts[i]))
         bar = generation_bar(total=len(prompts), desc=" + ".join(call.desc for call in calls if call.conversations))
-        began = time.perf_counter()
+        seconds = [0.0] * len(order)  # each row's share of the wall time (`decode_batch`): its latency
         new = decode_batch(self.model, [prompts[i] for i in order], pad_id=self.tokenizer.pad_token_id,
                            max_new_tokens=[owners[i].max_new_tokens for i in order], stop_ids=self.stop_ids,
                            temperature=[owners[i].temperature for i in order],
                            generators=[torch.Generator(self.model.device).manual_seed(seeds[i]) for i in order],
                            batch_size=self.batch_size, share_prefixes=self.share_prefixes,
-                           cache_in_place=self.cache_in_place, on_done=bar.update)
-        wall = time.perf_counter() - began
+                           cache_in_place=self.cache_in_place, on_done=bar.update, seconds=seconds)
         bar.close()
-        # A row's latency: its share of the wall time, in proportion to its tokens (prompt + generated),
-        # so that the latencies of all rows add up to the wall time.
-        tokens = sum(len(prompts[i]) + len(row) for i, row in zip(order, new))
         results: list[Generation | None] = [None] * len(prompts)
-        for i, row in zip(order, new):
+        for i, row, latency in zip(order, new, seconds):
             text = self.tokenizer.decode(row, skip_special_tokens=True)
             finish = "stop" if row and row[-1] in self.stop_ids else "length"
-            results[i] = _generation(text, len(prompts[i]), len(row), wall * (len(prompts[i]) + len(row)) / tokens,
-                                     finish)
+            results[i] = _generation(text, len(prompts[i]), len(row), latency, finish)
         starts = [0]
         for call in calls:
             starts.append(starts[-1] + len(call.conversations))

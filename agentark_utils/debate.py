@@ -168,7 +168,8 @@ def fingerprint(*sections) -> str:
               else s.model_dump() if hasattr(s, "model_dump") else s for s in sections]
     teachers = [path_digest(s.teacher) for s in sections if isinstance(s, ModelParams)]
     return _fingerprint(dumped, teachers, rendered_prompts(),
-                        source_digest("agentark_utils.answers", "agentark_utils.backends", "agentark_utils.prompts"))
+                        source_digest("agentark_utils.answers", "agentark_utils.backends", "agentark_utils.kv_cache",
+                                      "agentark_utils.prompts"))
 
 
 def record_fingerprint(run_fingerprint: str, question: Question) -> str:

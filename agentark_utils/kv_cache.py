@@ -67,7 +67,6 @@ class InPlaceLayer(DynamicLayer):
         self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
         self.keys, self.values = self.key_buffer[:, :, :length], self.value_buffer[:, :, :length]
 
-
     def move_rows(self, holes: torch.Tensor, movers: torch.Tensor, rows: int) -> None:
         """Copy rows `movers` over rows `holes`, then keep the first `rows` (a view: no copy)."""
         length = self.get_seq_length()
@@ -102,18 +101,27 @@ def can_join(cache: DynamicCache) -> bool:
     return all(type(layer) in (DynamicLayer, InPlaceLayer) for layer in cache.layers)
 
 
-def _left_pad(states: torch.Tensor, width: int) -> torch.Tensor:
-    return torch.nn.functional.pad(states, (0, 0, width - states.shape[-2], 0))
-
-
 def join_rows(cache: DynamicCache, other: DynamicCache, width: int, trim: int) -> None:
-    """Append `other`'s rows to `cache`'s: both sides' tokens left-padded with zeros to `width`,
-    then the first `trim` token slots cut (the caller's attention mask hides the padding and knows
-    which slots no row uses). An InPlaceLayer copies the result into a buffer with its spare room at
-    its next write."""
+    """Append `other`'s rows to `cache`'s, in one copy: both sides' tokens right-aligned in `width`
+    slots (zeros before a shorter side: the caller's attention mask hides them), less the first
+    `trim` slots, which no row uses. An InPlaceLayer gets a new buffer with its spare room."""
     for layer, extra in zip(cache.layers, other.layers):
-        layer.keys, layer.values = (torch.cat([_left_pad(mine, width), _left_pad(theirs, width)])[:, :, trim:]
-                                    for mine, theirs in ((layer.keys, extra.keys), (layer.values, extra.values)))
+        spare = layer.spare if isinstance(layer, InPlaceLayer) else 0
+        joined = []
+        for mine, theirs in ((layer.keys, extra.keys), (layer.values, extra.values)):
+            out = mine.new_empty(len(mine) + len(theirs), mine.shape[1], width - trim + spare, mine.shape[-1])
+            # Zeros where attention reads, not empty memory: it weighs a masked slot by exactly 0, and
+            # 0 x NaN is NaN. The spare room is written before it is read.
+            out[:, :, : width - trim].zero_()
+            for start, states in ((0, mine), (len(mine), theirs)):
+                first = width - states.shape[-2] - trim  # where this side's first token lands
+                out[start : start + len(states), :, max(first, 0) : width - trim] = states[:, :, max(-first, 0) :]
+            joined.append(out)
+        if isinstance(layer, InPlaceLayer):
+            layer.key_buffer, layer.value_buffer = joined
+            layer.keys, layer.values = (buffer[:, :, : width - trim] for buffer in joined)
+        else:
+            layer.keys, layer.values = joined
 
 
 def kv_cache(model, spare: int = 0, in_place: bool = True) -> DynamicCache:

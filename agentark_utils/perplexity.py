@@ -86,3 +86,24 @@ def reasoning_perplexity(model_ref: str, questions: list[Question], prompts: dic
                "perplexity": math.exp(mean_nll),
                "avg_nll_ci95": [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))]}
     return rows, summary
+
+
+def paired_nll_difference(rows: list[dict], base_rows: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
+    """A model's token-weighted mean NLL minus the base's, on the questions both scored (rows of
+    `reasoning_perplexity`), with a paired bootstrap: each resample draws the same questions for
+    both, so the per-question correlation narrows the interval that two separate CIs would give.
+    Returns the difference, its 95 % CI, a two-sided bootstrap p, and `mde`, the smallest difference
+    the run could detect (2.8 bootstrap standard errors: 5 % two-sided, 80 % power)."""
+    base = {r["id"]: r for r in base_rows}
+    pairs = [(r, base[r["id"]]) for r in rows if r["id"] in base]
+    if not pairs:
+        raise ValueError("the model and the base scored no question in common")
+    nll, tokens = (np.array([[pair[side][key] for pair in pairs] for side in (0, 1)]) for key in ("nll_sum", "tokens"))
+    difference = float(nll[0].sum() / tokens[0].sum() - nll[1].sum() / tokens[1].sum())
+    picks = np.random.default_rng(seed).integers(0, len(pairs), size=(n_boot, len(pairs)))
+    means = nll[:, picks].sum(axis=2) / tokens[:, picks].sum(axis=2)  # (model/base, resample)
+    boot = means[0] - means[1]
+    tail = min((boot <= 0).sum(), (boot >= 0).sum())
+    return {"n_questions": len(pairs), "difference": difference,
+            "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+            "p": min(1.0, 2 * (tail + 1) / (n_boot + 1)), "mde": float(2.8 * boot.std(ddof=1))}

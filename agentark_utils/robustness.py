@@ -18,7 +18,7 @@ import re
 from typing import Callable
 
 from agentark_utils import arithmetic
-from agentark_utils.metrics import paired_comparison
+from agentark_utils.metrics import paired_with_power
 from agentark_utils.tasks import OPTION_LETTERS, Question
 
 DISTRACTORS = (
@@ -95,7 +95,10 @@ def perturb(questions: list[Question], name: str, seed: int = 0) -> list[Questio
 
 def accuracy_drops(perturbed: list[dict], clean: list[dict]) -> list[dict]:
     """Per model and perturbation: accuracy on the perturbed questions against the same model on the
-    original questions (paired by original id), with Newcombe's paired CI of the change.
+    original questions (paired by original id), with Newcombe's paired CI of the change, the
+    questions it gained and lost, McNemar's p, and `mde`, the smallest change the test detects with
+    80 % power at the observed discordance. `mde` is NaN where so few answers changed that no change
+    could be detected; then the CI is what bounds a change (a model "holds" within it).
 
     Both lists hold prediction rows with `model`, `id` and `status`; perturbed rows also `test_set`
     (the perturbation's name) and ids of the form `<original id>~<perturbation>`.
@@ -110,8 +113,9 @@ def accuracy_drops(perturbed: list[dict], clean: list[dict]) -> list[dict]:
     out = []
     for (model, name), pairs in groups.items():
         after, before = [a for a, _ in pairs], [b for _, b in pairs]
-        paired = paired_comparison(after, before)
+        paired = paired_with_power(after, before)
         out.append({"model": model, "perturbation": name, "n": len(pairs), "clean_accuracy": sum(before) / len(pairs),
                     "perturbed_accuracy": sum(after) / len(pairs), "change": paired["difference"],
-                    "change_ci95": paired["ci95"], "mcnemar_p": paired["mcnemar_p"]})
+                    "change_ci95": paired["ci95"], "gained": paired["gained"], "lost": paired["lost"],
+                    "mcnemar_p": paired["mcnemar_p"], "mde": paired["mde"]})
     return out

@@ -13,6 +13,10 @@ extracts with the same settings and trains the same strategies on the result.
 `points.jsonl` at once, with a fingerprint of everything that made it (`point_fingerprint`), and its
 model deleted; a re-run reuses a point only if that fingerprint is unchanged (`runs.resume_jsonl`),
 and the sweep's debates resume like the main one. An interrupted sweep loses at most one training.
+
+Each point keeps the test questions it got right, so that `versus_main` can pair it with its
+strategy's main student on the same questions: a point's Wilson interval alone cannot say whether
+less data or fewer agents changed anything.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from agentark_utils.config import Params
 from agentark_utils.distill import train_sft
 from agentark_utils.evaluation import evaluate_grid
 from agentark_utils.extraction import Example, build_examples, make_selector
+from agentark_utils.metrics import paired_with_power
 from agentark_utils.runs import fingerprint, path_digest, resume_jsonl, source_digest
 from agentark_utils.store import append_jsonl, read_jsonl
 from agentark_utils.tasks import Question
@@ -77,31 +82,40 @@ def run_sweep(cfg: Params, train: list[Question], test: list[Question], examples
                 source_digest("agentark_utils.answers")]  # the grader behind each point's accuracy
     subsets = {(strategy, fraction): data_subset(examples[strategy], fraction, cfg.scaling.seed)
                for strategy in cfg.scaling.strategies for fraction in cfg.scaling.fractions}
+    # A share that rounds up to all of a strategy's questions, or the main run's agent count, is the
+    # main run's own point (the curve's end, from `evaluate`): not trained again.
+    subsets = {key: subset for key, subset in subsets.items()
+               if len({r.question_id for r in subset}) < len({e.question_id for e in examples[key[0]]})}
+    agent_counts = [n for n in cfg.scaling.agents if n != cfg.debate.n_agents]
     plan = {}
     for (strategy, _), subset in subsets.items():
         x = len({row.question_id for row in subset})
         plan[("data", strategy, x)] = point_fingerprint("data", strategy, x, [e.to_dict() for e in subset],
                                                         cfg.model.student, settings)
-    sweeps = {n: cfg.debate.model_copy(update={"n_agents": n, "self_consistency_samples": 1}) for n in cfg.scaling.agents}
+    sweeps = {n: cfg.debate.model_copy(update={"n_agents": n, "self_consistency_samples": 1}) for n in agent_counts}
     sweep_ids = {n: debate.fingerprint(cfg.model, sweep) for n, sweep in sweeps.items()}
-    for n_agents in cfg.scaling.agents:
+    for n_agents in agent_counts:
         for strategy in cfg.scaling.strategies:
             plan[("agents", strategy, n_agents)] = point_fingerprint(
                 "agents", strategy, n_agents,
                 [sweep_ids[n_agents], cfg.extraction.model_dump(), [q.to_dict() for q in train]],
                 cfg.model.student, settings)
-    done = {point_key(p) for p in resume_jsonl(points_file, lambda p: plan.get(point_key(p)))}
+    # A point recorded before points kept their right answers cannot be paired: train it again.
+    done = {point_key(p) for p in resume_jsonl(points_file,
+                                               lambda p: plan.get(point_key(p)) if {"n_answered", "correct_ids"} <= p.keys() else None)}
 
     def train_and_evaluate(axis: str, x: int, strategy: str, rows: list[Example]) -> None:
         model_dir = work_dir / f"{axis}-{x}-{strategy}"
         launch.train(train_sft, cfg.model.launcher, examples=rows, base_model=cfg.model.student, out_dir=model_dir,
                      params=cfg.sft, device=cfg.model.device, trust_remote_code=cfg.model.trust_remote_code)
         e = cfg.evaluation
-        (result,) = evaluate_grid({strategy: str(model_dir)}, {test_name: test}, cfg.model, e.max_new_tokens, e.seed)[1]
+        predictions, (result,) = evaluate_grid({strategy: str(model_dir)}, {test_name: test}, cfg.model,
+                                               e.max_new_tokens, e.seed)
         append_jsonl(points_file, [{"axis": axis, "strategy": strategy, "x": x, "fingerprint": plan[(axis, strategy, x)],
                                     "n_questions": len({row.question_id for row in rows}), "n_rows": len(rows),
                                     "accuracy": result["accuracy"], "ci_low": result["ci95"][0],
-                                    "ci_high": result["ci95"][1]}])
+                                    "ci_high": result["ci95"][1], "n_answered": len(predictions),
+                                    "correct_ids": sorted(p["id"] for p in predictions if p["status"] == "correct")}])
         shutil.rmtree(model_dir)
 
     for (strategy, _), subset in subsets.items():
@@ -110,7 +124,7 @@ def run_sweep(cfg: Params, train: list[Question], test: list[Question], examples
             train_and_evaluate("data", x, strategy, subset)
             done.add(("data", strategy, x))  # two fractions can round to the same questions
 
-    for n_agents in cfg.scaling.agents:
+    for n_agents in agent_counts:
         missing = [s for s in cfg.scaling.strategies if ("agents", s, n_agents) not in done]
         if not missing:
             continue
@@ -146,3 +160,29 @@ def curve_points(points: list[dict], main_run: pd.DataFrame, examples: dict[str,
     sweep = pd.DataFrame(points).drop(columns="fingerprint", errors="ignore")
     columns = ["axis", "strategy", "x", "n_questions", "n_rows", "accuracy", "ci_low", "ci_high"]
     return pd.concat([pd.DataFrame(ends), sweep])[columns].sort_values(["axis", "strategy", "x"])
+
+
+def versus_main(points: list[dict], main_predictions: list[dict], test_name: str) -> dict[str, dict]:
+    """Each sweep point against its strategy's main student (all kept questions, `debate.n_agents`
+    agents), paired on the test questions `test_name`: the difference, its Newcombe CI, gained,
+    lost, McNemar's p and `mde`, the smallest difference the test detects with 80 % power at the
+    observed discordance (NaN where so few answers differ that no difference could be detected:
+    then the CI is the bound). Keyed "axis | strategy | x"; `main_predictions` are the evaluate
+    stage's prediction rows. A point must have answered exactly the main run's questions."""
+    main: dict[str, dict[str, bool]] = {}
+    for row in main_predictions:
+        if row["test_set"] == test_name:
+            main.setdefault(row["model"], {})[row["id"]] = row["status"] == "correct"
+    out = {}
+    for point in points:
+        if point["strategy"] not in main:
+            raise ValueError(f"the main run has no {point['strategy']!r} answers on {test_name!r} to pair with")
+        answers = main[point["strategy"]]
+        right = set(point["correct_ids"])
+        if point["n_answered"] != len(answers) or not right <= answers.keys():
+            raise ValueError(f"{point['axis']} | {point['strategy']} | {point['x']}: answered other questions "
+                             f"than the main run ({point['n_answered']} against {len(answers)})")
+        ids = sorted(answers)
+        out[f"{point['axis']} | {point['strategy']} | {point['x']}"] = paired_with_power(
+            [i in right for i in ids], [answers[i] for i in ids])
+    return out

@@ -67,7 +67,7 @@ def multinomial_tokens(logits, temperature, generators=None):
     """The sampler of the engine before: torch.multinomial, one row at a time."""
     import torch
 
-    temperatures = temperature if isinstance(temperature, list) else [temperature] * len(logits)
+    temperatures, generators = backends.per_row(temperature, len(logits)), backends.per_row(generators, len(logits))
     tokens = logits.argmax(-1)
     for row, t in enumerate(temperatures):
         if t > 0:
@@ -82,12 +82,6 @@ def select_rows_in_order(cache, running):
     return keep
 
 
-def one_call_at_a_time(backend, calls):
-    """The debate before: each of its independent calls went through `generate` on its own."""
-    return [backend.generate(call.conversations, temperature=call.temperature, max_new_tokens=call.max_new_tokens,
-                             seed=call.seed, desc=call.desc) if call.conversations else [] for call in calls]
-
-
 @dataclass(frozen=True)
 class Engine:
     """What the benchmark sets before a run; the defaults are the engine of the previous release."""
@@ -99,7 +93,7 @@ class Engine:
     sampler: Callable = multinomial_tokens
     drop_rows: Callable = select_rows_in_order
     admit_free_share: float = 1.0  # rows join a batch only once it is empty: batch after batch
-    run_calls: Callable = one_call_at_a_time
+    run_calls: Callable = backends.sequential_calls  # each call of the debate on its own
 
     def install(self, backend: HFBackend) -> None:
         backend.share_prefixes, backend.cache_in_place = self.share_prefixes, self.cache_in_place

@@ -92,6 +92,63 @@ def test_continuous_batching_admits_waiting_rows_as_others_finish():
     assert model.widths == [2, 2, 1, 1, 2, 2, 1, 1, 1, 1]
 
 
+def test_a_sliding_window_cache_decodes_batch_after_batch():
+    """Its layers keep their own window, which a join would have to cut alike: rows wait until the
+    batch is empty."""
+    model = CountingLM()
+    model.config.layer_types, model.config.sliding_window = ["sliding_attention"], 8
+    new = decode_batch(model, [[10], [5, 20], [30], [40]], pad_id=0, max_new_tokens=3, stop_ids=[12], temperature=0.0,
+                       batch_size=2)
+    assert new == [[11, 12], [21, 22, 23], [31, 32, 33], [41, 42, 43]]
+    # Prefill rows 0-1, a step of both, a step of row 1 alone (row 0 stopped; row 2 waits), then rows 2-3.
+    assert model.widths == [2, 2, 1, 2, 2, 2]
+
+
+def test_each_row_is_charged_the_steps_it_took_part_in(monkeypatch):
+    """A clock that ticks once per reading, so each charged window lasts 1: the admission goes to
+    the 3 rows by prompt length (equal here), each step's sampling to the rows sampled, its forward
+    to the rows still running. Rows of budgets 2, 8 and 4 (no stop token):
+    row 0: admission 1/3 + step 1 (sampling 1/3, forward 1/3) + step 2's sampling 1/3 = 4/3;
+    row 2: 1/3 + 2/3 + step 2 (1/3, forward of 2 rows 1/2) + step 3 (1/2 + 1/2) + step 4's sampling 1/2 = 10/3;
+    row 1: 1/3 + 2/3 + 1/3 + 1/2 + 1 + step 4 (1/2, forward alone 1) + steps 5-7 (2 each) + step 8's sampling 1 = 34/3.
+    A token-proportional split, or a forward charged to finished rows, gives other numbers."""
+    from types import SimpleNamespace
+
+    from agentark_utils import backends
+
+    ticks = iter(range(1000))
+    monkeypatch.setattr(backends, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    seconds = [0.0] * 3
+    new = decode_batch(CountingLM(), [[10], [20], [30]], pad_id=0, max_new_tokens=[2, 8, 4], stop_ids=[-1],
+                       temperature=0.0, seconds=seconds)
+    assert [len(row) for row in new] == [2, 8, 4]
+    assert seconds == pytest.approx([4 / 3, 34 / 3, 10 / 3])
+    assert sum(seconds) == pytest.approx(next(ticks) - 1)  # every window charged once, none lost
+
+
+def test_sampling_takes_one_generator_for_all_rows_and_needs_one_for_every_sampled_row():
+    import torch
+
+    logits = torch.randn(4, 30, generator=torch.Generator().manual_seed(1)).bfloat16()
+    drawn = sample_tokens(logits, 1.0, torch.Generator().manual_seed(0))
+    assert drawn.shape == (4,) and ((drawn >= 0) & (drawn < 30)).all()
+    assert sample_tokens(logits, [0.0, 0.0, 0.0, 0.0]).tolist() == logits.argmax(-1).tolist()  # greedy needs none
+    with pytest.raises(ValueError, match="needs a generator"):
+        sample_tokens(logits, [0.0, 0.7, 0.0, 0.0], [None] * 4)
+    with pytest.raises(ValueError, match="not finite"):  # else searchsorted returns an id past the vocabulary
+        sample_tokens(torch.full((1, 30), float("nan")), 1.0, torch.Generator())
+
+
+def test_sampling_never_draws_a_token_of_probability_zero(monkeypatch):
+    """At the top of the uniform's range u x total can round up to the CDF's end, past every token:
+    the draw must stay on the last token with probability above 0, not fall on the vocabulary's end."""
+    import torch
+
+    logits = torch.tensor([[0.0, 1.0, 2.0, float("-inf"), float("-inf")]])
+    monkeypatch.setattr(torch, "rand", lambda *args, **kwargs: torch.ones(1))  # the rounding's worst case
+    assert sample_tokens(logits, 1.0, torch.Generator()).tolist() == [2]
+
+
 def test_continuous_batching_leaves_every_row_as_it_is_alone(hf):
     """Rows of different lengths join a running batch of 3 as others stop (sampled, so that they stop
     at different steps), each left-padded to the batch's width: each generates what it does alone."""
@@ -310,10 +367,20 @@ def test_calls_run_together_give_what_each_gives_alone_and_share_their_prompt(hf
     from common import TokenCounter
 
     prompt = CONVERSATIONS[1]
-    calls = [Call([prompt], 0.0, 6, seed=0, desc="greedy"), Call([prompt] * 3, 1.0, 6, seed=1, desc="sampled"),
+    calls = [Call([prompt], 0.0, 3, seed=0, desc="greedy"), Call([prompt] * 3, 1.0, 6, seed=1, desc="sampled"),
              Call([], 1.0, 6, seed=2, desc="none"), Call([CONVERSATIONS[0]] * 2, 0.7, 4, seed=3, desc="other")]
     alone = [hf.generate(c.conversations, temperature=c.temperature, max_new_tokens=c.max_new_tokens, seed=c.seed)
              for c in calls]
+    # Batches of 2: the greedy row, first in, ends after 3 tokens, and a sampled row joins the other
+    # sampled row mid-decoding (`kv_cache.join_rows`).
+    from agentark_utils import kv_cache
+
+    joins, join_rows = [], kv_cache.join_rows
+    monkeypatch.setattr(kv_cache, "join_rows", lambda *args: joins.append(1) or join_rows(*args))
+    small = HFBackend.__new__(HFBackend)
+    small.__dict__.update({**hf.__dict__, "batch_size": 2})
+    assert [[g.text for g in gens] for gens in generate_calls(small, calls)] == [[g.text for g in gens] for gens in alone]
+    assert joins  # rows did join a running batch
     model, hf.model = hf.model, TokenCounter(hf.model)
     monkeypatch.setattr(backends, "prefill", hf.model.timing_prefill(backends.prefill))
     try:

@@ -201,16 +201,18 @@ def test_run_debate_redebates_a_question_whose_content_changed(tmp_path):
     assert [r["question"]["answer"] for r in read_jsonl(path)] == ["6"]
 
 
-def test_a_changed_grader_changes_the_fingerprint(monkeypatch):
+@pytest.mark.parametrize("module", ["agentark_utils.answers", "agentark_utils.backends", "agentark_utils.kv_cache",
+                                    "agentark_utils.prompts"])
+def test_a_changed_grader_or_engine_changes_the_fingerprint(monkeypatch, module):
+    """Stored grades and generations are not reused under a new grader or generation engine (the KV
+    cache's row handling decides what a batch generates, too)."""
     from agentark_utils import runs
 
     params = cfg()
     before = fingerprint(params)
     real = runs.inspect.getsource
-    monkeypatch.setattr(runs.inspect, "getsource",
-                        lambda module: "def grade(): return 'correct'" if module.__name__ == "agentark_utils.answers"
-                        else real(module))
-    assert fingerprint(params) != before  # stored grades are not reused under a new grader
+    monkeypatch.setattr(runs.inspect, "getsource", lambda m: "changed = True" if m.__name__ == module else real(m))
+    assert fingerprint(params) != before
 
 
 def test_samples_do_not_depend_on_the_chunk_size(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from agentark_utils.kv_cache import InPlaceLayer, drop_rows, kv_cache
+from agentark_utils.kv_cache import InPlaceLayer, can_join, drop_rows, join_rows, kv_cache
 
 
 def states(batch: int, new: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,3 +105,48 @@ def test_drop_rows_keeps_the_running_rows_and_moves_only_what_fills_a_hole(runni
     layer.update(*states(int(running.sum()), 1, seed=1))  # decoding goes on in the same buffer
     reference.update(*states(int(running.sum()), 1, seed=1))
     assert torch.equal(layer.keys, reference.keys) and layer.key_buffer.data_ptr() == buffer.data_ptr()
+
+
+JOINS = {  # (running rows, their tokens), (joining rows, their tokens), slots no row uses after the join
+    "joining rows shorter": ((3, 6), (2, 4), 0),
+    "joining rows longer": ((2, 3), (3, 7), 0),
+    "equal, the first slots unused": ((2, 5), (2, 5), 2),
+    # the running rows' first 4 slots are padding of their own (their mask hides them), the joining
+    # row's 3 slots of padding fall inside those: 4 slots go
+    "the running rows' own leading padding cut": ((2, 8), (1, 5), 4),
+}
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("running, joining, trim", JOINS.values(), ids=JOINS.keys())
+def test_join_rows_right_aligns_both_sides_in_one_buffer(running, joining, trim, in_place, mode):
+    from transformers import DynamicCache
+
+    caches = []
+    for rows, tokens in (running, joining):
+        cache = DynamicCache()
+        cache.layers = [InPlaceLayer(spare=3) if in_place else DynamicLayer()]
+        cache.layers[0].update(*states(rows, tokens, seed=tokens))
+        caches.append(cache)
+    expected = [torch.cat([torch.nn.functional.pad(side, (0, 0, max(running[1], joining[1]) - side.shape[-2], 0))
+                           for side in sides])[:, :, trim:]
+                for sides in zip(*[(c.layers[0].keys, c.layers[0].values) for c in caches])]
+    join_rows(caches[0], caches[1], max(running[1], joining[1]), trim)
+    layer = caches[0].layers[0]
+    assert torch.equal(layer.keys, expected[0]) and torch.equal(layer.values, expected[1])
+    if in_place:  # decoding goes on in the joined buffer, with its spare room
+        assert layer._views_buffer() and layer.key_buffer.shape[-2] == layer.keys.shape[-2] + 3
+        buffer = layer.key_buffer
+        layer.update(*states(running[0] + joining[0], 1, seed=9))
+        assert layer.key_buffer is buffer
+
+
+def test_only_caches_that_keep_every_token_take_joining_rows(tiny_model_dir):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    model = type("Model", (), {"config": config})
+    assert can_join(kv_cache(model, spare=4)) and can_join(kv_cache(model, in_place=False))
+    config.layer_types = ["sliding_attention"] * config.num_hidden_layers
+    config.sliding_window = 8
+    assert not can_join(kv_cache(model, spare=4))

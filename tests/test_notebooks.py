@@ -92,6 +92,9 @@ def test_extract_and_sft_notebooks(tmp_path, tiny_model_dir):
     eval_dir.mkdir()
     (eval_dir / "accuracy.csv").write_text("model,test_set,accuracy,ci_low,ci_high\n"
                                            "base,arith_mix (in-domain),0.5,0.0,1.0\nda,arith_mix (in-domain),1.0,1.0,1.0\n")
+    (eval_dir / "predictions.jsonl").write_text("".join(  # the main DA student's answers, paired with each point
+        json.dumps({"model": "da", "test_set": "arith_mix (in-domain)", "id": i, "status": "correct"}) + "\n"
+        for i in ("t1", "t2")))
     scaling_params = yaml.safe_load(open(params))
     scaling_params["scaling"] = {"strategies": ["da"], "fractions": [0.5], "agents": [3], "seed": 0}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(scaling_params))
@@ -102,6 +105,10 @@ def test_extract_and_sft_notebooks(tmp_path, tiny_model_dir):
     # the tiny model's 3-agent debates keep no question (no 2 correct agents): no new agents point
     assert list(points) == ["agents | da | 2", "data | da | 1", "data | da | 2"]
     assert points["data | da | 2"]["accuracy"] == 1.0 and 0 <= points["data | da | 1"]["accuracy"] <= 1
+    # the sweep's point against the main DA student, which was right on both: it can only lose
+    paired = points["data | da | 1"]["vs_main"]
+    assert paired["gained"] == 0 and paired["lost"] == round(2 * (1 - points["data | da | 1"]["accuracy"]))
+    assert "vs_main" not in points["data | da | 2"]  # the main run's own point
     debated = (scaling_out / "debates" / "3-agents.jsonl").read_text().splitlines()
     assert [len(json.loads(r)["debate"]["rounds"][0]) for r in debated] == [3, 3, 3]  # 3 training questions
     assert not (work / "data-1-da").exists()  # each point's model is deleted once it is evaluated
@@ -216,7 +223,8 @@ def test_evaluate_notebook(tmp_path, tiny_model_dir):
     changes = json.loads((rob / "metrics.json").read_text())
     # the hand-made questions carry no arithmetic expression, so `renumber` does not apply to them
     assert set(changes) == {f"{m} | {p}" for m in ("base", "pad") for p in ("distractor", "peer_hint")}
-    assert all(v["n"] == 2 and -1 <= v["change"] <= 1 for v in changes.values())
+    assert all(v["n"] == 2 and -1 <= v["change"] <= 1 and v["gained"] + v["lost"] <= 2 and "mde" in v
+               for v in changes.values())
     assert (figures / "robustness.png").read_bytes()[:4] == b"\x89PNG"
 
     # reasoning-span perplexity; the hand-made questions have no gold reasoning, so give one
@@ -227,6 +235,7 @@ def test_evaluate_notebook(tmp_path, tiny_model_dir):
     ppl = json.loads((tmp_path / "reasoning" / "metrics.json").read_text())
     assert set(ppl) == {"base", "da"} and ppl["da"]["n_questions"] == 2
     assert ppl["da"]["avg_nll"] == pytest.approx(ppl["base"]["avg_nll"])  # the same weights twice
+    assert ppl["da"]["vs_base"]["difference"] == pytest.approx(0) and ppl["da"]["vs_base"]["n_questions"] == 2
     assert (figures / "reasoning_perplexity.png").read_bytes()[:4] == b"\x89PNG"
 
     # and the paper side by side, from those results

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from agentark_utils.models import load_causal_lm
-from agentark_utils.perplexity import arithmetic_steps, gold_reasoning, reasoning_nll, reasoning_perplexity
+from agentark_utils.perplexity import (arithmetic_steps, gold_reasoning, paired_nll_difference, reasoning_nll,
+                                      reasoning_perplexity)
 from agentark_utils.tasks import Question
 
 
@@ -58,3 +59,41 @@ def test_reasoning_perplexity_summary(tiny_model_dir):
     assert summary["avg_nll_ci95"][0] <= summary["avg_nll"] <= summary["avg_nll_ci95"][1]
     with pytest.raises(ValueError, match="no question has a gold reasoning"):
         reasoning_perplexity(str(tiny_model_dir), qs[1:], {"b": "Q"}, device="cpu")
+
+
+def _nll_rows(per_token: list[float], tokens: list[int], ids=None) -> list[dict]:
+    ids = ids or [f"q{i}" for i in range(len(per_token))]
+    return [{"id": i, "nll_sum": p * n, "tokens": n, "nll_per_token": p} for i, p, n in zip(ids, per_token, tokens)]
+
+
+BASE = [1.0 + (i % 7) * 0.4 for i in range(60)]  # questions differ a lot in how likely their reasoning is
+TOKENS = [10 + (i % 5) * 6 for i in range(60)]
+
+
+@pytest.mark.parametrize("model, difference, beyond_noise", [
+    ([b - 0.5 for b in BASE], -0.5, True),        # lower on every question: pairing removes the spread
+    ([b + 0.1 for b in BASE], 0.1, True),         # a small shift is still clear when it is the same everywhere
+    (BASE, 0.0, False),                           # the same model
+    ([b + (0.6 if i % 2 else -0.6) for i, b in enumerate(BASE)], None, False),  # noise around 0
+])
+def test_paired_nll_difference(model, difference, beyond_noise):
+    out = paired_nll_difference(_nll_rows(model, TOKENS), _nll_rows(BASE, TOKENS), n_boot=400, seed=1)
+    if difference is not None:
+        assert out["difference"] == pytest.approx(difference)
+    low, high = out["ci95"]
+    # a constant shift makes every resample equal, up to rounding: compare with a tolerance
+    assert low - 1e-9 <= out["difference"] <= high + 1e-9 and out["n_questions"] == 60
+    assert (low > 0 or high < 0) == beyond_noise and (out["p"] < 0.05) == beyond_noise
+    assert out["mde"] >= 0
+
+
+def test_paired_nll_difference_pairs_by_question():
+    # by id, not by position: the base in another order, the model on every third question only, each
+    # exactly 0.3 below its own question's base NLL
+    base = _nll_rows(BASE, TOKENS)[::-1]
+    model = [dict(r, nll_sum=r["nll_sum"] - 0.3 * r["tokens"]) for r in _nll_rows(BASE, TOKENS)[::3]]
+    out = paired_nll_difference(model, base, n_boot=100)
+    assert out["n_questions"] == 20 and out["difference"] == pytest.approx(-0.3)
+    # none in common is an error
+    with pytest.raises(ValueError, match="no question in common"):
+        paired_nll_difference(_nll_rows([1.0], [5], ids=["x"]), _nll_rows(BASE, TOKENS))

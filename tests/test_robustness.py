@@ -69,6 +69,28 @@ def test_accuracy_drops_pair_by_original_question():
     assert rows["n"]["change"] == 1.0 and rows["n"]["perturbation"] == "hint"
 
 
+def test_accuracy_drops_say_what_each_comparison_could_detect():
+    """"Holds" needs the smallest change the questions could have shown, beside gained and lost."""
+    import math
+
+    from agentark_utils.metrics import minimum_detectable_effect
+    from agentark_utils.robustness import accuracy_drops
+
+    ids = [f"q{i}" for i in range(100)]
+    clean = [{"model": m, "id": i, "status": "correct" if k < 50 else "wrong"} for m in "mn" for k, i in enumerate(ids)]
+    # m loses 30 of its 50 right answers and gains 5; n answers every perturbed question as before.
+    perturbed = [{"model": "m", "id": f"{i}~hint", "test_set": "hint",
+                  "status": "wrong" if k < 30 else "correct" if 50 <= k < 55 else clean[k]["status"]}
+                 for k, i in enumerate(ids)]
+    perturbed += [{"model": "n", "id": f"{i}~hint", "test_set": "hint", "status": clean[k]["status"]}
+                  for k, i in enumerate(ids)]
+    rows = {r["model"]: r for r in accuracy_drops(perturbed, clean)}
+    assert (rows["m"]["gained"], rows["m"]["lost"], rows["m"]["change"]) == (5, 30, pytest.approx(-0.25))
+    assert rows["m"]["mde"] == pytest.approx(minimum_detectable_effect(100, 0.35)) and 0 < rows["m"]["mde"] < 0.35
+    assert rows["m"]["mcnemar_p"] < 0.001
+    assert (rows["n"]["gained"], rows["n"]["lost"]) == (0, 0) and math.isnan(rows["n"]["mde"])
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_renumber_reads_division_and_skips_a_zero_divisor(seed):
     # the evaluator it shares with extraction reads '/': a division expression is renumbered with a

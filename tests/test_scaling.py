@@ -105,9 +105,10 @@ def test_the_sweep_trains_each_point_once_and_resumes(tmp_path, stand_ins):
 
     append_jsonl(tmp_path / "out" / "points.jsonl", points)  # an older run recorded the point twice
     assert run_sweep(cfg, [], test, {"da": rows(2)}, "arith_mix", tmp_path / "out", tmp_path / "work") == points
+    # 0.9 of 2 questions rounds up to both: the main run's own point (from evaluate), not trained again
     more = sweep_config(fractions=[0.5, 0.9])
-    assert [p["x"] for p in run_sweep(more, [], test, {"da": rows(2)}, "arith_mix", tmp_path / "out", tmp_path / "work")] == [1, 2]
-    assert len(stand_ins) == 2  # only the new point
+    assert [p["x"] for p in run_sweep(more, [], test, {"da": rows(2)}, "arith_mix", tmp_path / "out", tmp_path / "work")] == [1]
+    assert len(stand_ins) == 1
 
 
 def test_the_curves_end_at_the_main_run(tmp_path, stand_ins):
@@ -163,3 +164,63 @@ def test_the_agents_axis_debates_again_and_trains_what_extraction_kept(tmp_path,
     assert len(stand_ins) == 3  # da and rsft on half the questions, da on the 2-agent debate
     # the teacher frees its GPU memory (a vLLM engine) before the agents axis's students train
     assert teacher == ["made", "closed before training 2 students"]
+
+
+def test_a_point_recorded_without_its_right_answers_is_trained_again(tmp_path, stand_ins):
+    from agentark_utils.scaling import run_sweep
+    from agentark_utils.store import read_jsonl, rewrite_jsonl
+    from agentark_utils.tasks import Question
+
+    test = [Question(id="t1", task="arith_mix", question="1+1", answer="2", answer_format="number")]
+    cfg = sweep_config(fractions=[0.5])
+    run_sweep(cfg, [], test, {"da": rows(2)}, "arith_mix", tmp_path / "out", tmp_path / "work")
+    points_file = tmp_path / "out" / "points.jsonl"
+    rewrite_jsonl(points_file, [{k: v for k, v in p.items() if k not in ("correct_ids", "n_answered")}
+                                for p in read_jsonl(points_file)])
+    run_sweep(cfg, [], test, {"da": rows(2)}, "arith_mix", tmp_path / "out", tmp_path / "work")
+    assert len(stand_ins) == 2 and all("correct_ids" in p and "n_answered" in p for p in read_jsonl(points_file))
+
+
+def _main_rows(model, right, n=40, test_set="arith_mix"):
+    return [{"model": model, "test_set": test_set, "id": f"t{i:02d}", "status": "correct" if i in right else "wrong"}
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("point_right, gained, lost", [
+    (range(10), 0, 0),          # the same answers as the main student
+    (range(4, 10), 0, 4),       # less data: 4 of the main student's right answers lost
+    ([*range(10), 30, 31], 2, 0),
+])
+def test_versus_main_pairs_each_point_with_its_strategys_main_student(point_right, gained, lost):
+    from agentark_utils.scaling import versus_main
+
+    main = _main_rows("da", set(range(10))) + _main_rows("rsft", set()) + _main_rows("da", set(), test_set="equations")
+    point = {"axis": "data", "strategy": "da", "x": 5, "n_answered": 40, "correct_ids": [f"t{i:02d}" for i in point_right]}
+    out = versus_main([point], main, "arith_mix")["data | da | 5"]
+    assert (out["gained"], out["lost"]) == (gained, lost)
+    assert out["difference"] == pytest.approx((gained - lost) / 40)
+    assert out["ci95"][0] <= out["difference"] <= out["ci95"][1] and "mde" in out and "mcnemar_p" in out
+
+
+def test_versus_main_refuses_what_it_cannot_pair():
+    from agentark_utils.scaling import versus_main
+
+    point = {"axis": "agents", "strategy": "rsft", "x": 2, "n_answered": 40, "correct_ids": ["t01"]}
+    with pytest.raises(ValueError, match="no 'rsft' answers"):
+        versus_main([point], _main_rows("da", {1}), "arith_mix")
+    with pytest.raises(ValueError, match="other questions than the main run"):  # right on one it never asked
+        versus_main([{**point, "correct_ids": ["elsewhere"]}], _main_rows("rsft", {1}), "arith_mix")
+    with pytest.raises(ValueError, match="20 against 40"):  # its wrong answers would be unknown ones
+        versus_main([{**point, "n_answered": 20}], _main_rows("rsft", {1}), "arith_mix")
+
+
+def test_the_main_runs_agent_count_is_not_debated_again(tmp_path, stand_ins, monkeypatch):
+    from agentark_utils import scaling
+    from agentark_utils.tasks import Question
+
+    monkeypatch.setattr(scaling.debate, "run_debate", lambda *args: pytest.fail("debated the main run's agent count"))
+    test = [Question(id="t1", task="arith_mix", question="1+1", answer="2", answer_format="number")]
+    cfg = sweep_config(fractions=[0.5])
+    cfg = cfg.model_copy(update={"scaling": cfg.scaling.model_copy(update={"agents": [cfg.debate.n_agents]})})
+    points = scaling.run_sweep(cfg, [], test, {"da": rows(4)}, "arith_mix", tmp_path / "out", tmp_path / "work")
+    assert [(p["axis"], p["x"]) for p in points] == [("data", 2)]
