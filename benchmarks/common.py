@@ -58,6 +58,9 @@ class TokenCounter:
     def __init__(self, model):
         self.model, self.tokens, self.steps, self.prefilling = model, 0, [], False
         self.prefill_tokens, self.prefill_s = 0, 0.0
+        # KV-cache slots the decoding steps' attention reads (rows x cache width) and how many of
+        # them hold a token (the rest are padding, which attention reads and masks out).
+        self.kv_slots, self.kv_tokens = 0, 0
 
     def timing_prefill(self, prefill):
         """`prefill`, with the forwards it makes counted as prefill."""
@@ -86,7 +89,15 @@ class TokenCounter:
             self.prefill_s += seconds
         else:
             self.steps.append((input_ids.shape[0], seconds))
+            mask = kwargs.get("attention_mask")
+            if mask is not None:
+                self.kv_slots += mask.numel()
+                self.kv_tokens += int(mask.sum())
         return out
+
+    def kv_padding_share(self) -> float | None:
+        """The share of the KV-cache slots read by decoding steps that are padding."""
+        return round(1 - self.kv_tokens / self.kv_slots, 3) if self.kv_slots else None
 
     def decoding(self, bands: tuple[int, ...] = (4, 16, 64)) -> dict:
         """Decoding steps by rows in the step: up to each band's bound, and above the last."""

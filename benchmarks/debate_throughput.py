@@ -1,6 +1,6 @@
 """Debate engine throughput: the default debate stage's workload on the engine before and after this wave.
 
-    python benchmarks/debate_throughput.py [--questions 64] [--batch-size 128] [--device cpu]
+    python benchmarks/debate_throughput.py [--questions 64] [--batch-size 128] [--device cpu] [--profile]
 
 The workload is what the debate stage runs per chunk (`debate.debate_chunk` with params.yaml's
 `debate` section: single agent, self-consistency samples, every round, the summarizer) on the
@@ -20,7 +20,9 @@ Reported for each: the tokens that went through the model (padding and repeats i
 tokens that must be processed (prompt + generated), wall time, and the effective rate against a
 roofline: 2 x parameters x tokens that must be processed, per second, over the matrix-product peak
 measured on this machine in the same run (same dtype; the higher of a measurement before the
-engines and one after); where the time went (prefill, decoding steps by rows, outside the model). Greedy answers must be the same on every
+engines and one after); where the time went (prefill, decoding steps by rows, outside the model),
+and the share of the KV-cache slots the decoding steps read that are padding (`--profile`: the
+pipeline's engine once more under torch.profiler, by operator). Greedy answers must be the same on every
 engine: the share of the single agent's answers identical to "before" is reported. Sampling is
 seeded per conversation, so every engine gives the text of the one before it, except "one uniform
 per draw", which draws other samples from the same distribution: the share of all generations
@@ -145,8 +147,25 @@ def run(backend: HFBackend, questions, params, engine: str, n_params: int
            # (sampling, cache bookkeeping, tokenizing, grading).
            "prefill_s": round(counter.prefill_s, 1), "decode_s": round(sum(s for _, s in counter.steps), 1),
            "outside_model_s": round(wall - counter.prefill_s - sum(s for _, s in counter.steps), 1),
-           "decoding": counter.decoding()}
+           "decoding": counter.decoding(), "decode_kv_padding_share": counter.kv_padding_share()}
     return row, [c["text"] for c in calls], greedy_texts(records)
+
+
+def profile_operators(backend: HFBackend, questions, params, top: int = 12) -> dict:
+    """The pipeline's engine once more under torch.profiler: the operators that took the most time
+    (self CPU time, so a matrix product inside a linear layer counts once), each with its share of
+    the profiled total. The profiler slows the run down: shares, not seconds, compare with the rest."""
+    import torch
+
+    ENGINES["after"].install(backend)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        debate_chunk(questions, backend, params.debate, seed=params.debate.seed)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return {"profiled_total_s": round(total / 1e6, 1),
+            "operators": {e.key: {"self_s": round(e.self_cpu_time_total / 1e6, 2),
+                                  "share": round(e.self_cpu_time_total / total, 3), "calls": e.count}
+                          for e in events[:top]}}
 
 
 @contextmanager
@@ -209,6 +228,8 @@ def main() -> None:
     parser.add_argument("--llama-threads", type=int, default=2)
     parser.add_argument("--engines", nargs="+", choices=list(ENGINES), default=list(ENGINES),
                         help="engines to run, in their order (before and after always run)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also run the after engine under torch.profiler: where its time goes, by operator")
     args = parser.parse_args()
     selected = [engine for engine in ENGINES if engine in args.engines or engine in ("before", "after")]
     params, questions = setup(args.questions)
@@ -270,6 +291,14 @@ def main() -> None:
     print(f"speed-up over before: {result['speedup_by_engine']}")
     print(f"identical greedy answers to before's ({len(greedy['after'])}): {same}")
     print(f"identical generations to the previous engine's ({len(texts['after'])}): {same_as_previous}")
+    print(f"KV-cache slots read by decoding steps that are padding: "
+          f"{ {engine: row['decode_kv_padding_share'] for engine, row in rows.items()} }")
+    if args.profile:
+        result["after_profile"] = profile_operators(backend, questions, params)
+        print(f"the after engine by operator (self CPU time, profiled: "
+              f"{result['after_profile']['profiled_total_s']} s):")
+        for name, op in result["after_profile"]["operators"].items():
+            print(f"{name:>52} {op['self_s']:>8} s {op['share']:>7.1%} {op['calls']:>8} calls")
     if args.llama_server:
         del backend  # its memory back before the server loads
         row, texts = run_llama_cpp(args.llama_server, questions, params, args.llama_parallel, args.llama_threads,

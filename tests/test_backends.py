@@ -191,6 +191,28 @@ def test_the_in_place_cache_changes_no_output(hf, temperature):
         assert len({len(row) for row in outputs[True]}) > 2
 
 
+@pytest.mark.parametrize("new_tokens", [2, 4])
+def test_the_benchmark_counts_the_padding_that_decoding_steps_read(hf, new_tokens, monkeypatch):
+    """Two prompts of different lengths decode together: each step reads both rows' caches at the
+    longer row's width, so the shorter row's left padding is read and masked out at every step."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from agentark_utils import backends
+    from common import TokenCounter
+
+    prompts = [hf._prompt_ids(c) for c in CONVERSATIONS[:2]]
+    short, long = sorted(map(len, prompts))
+    assert short < long
+    model = TokenCounter(hf.model)
+    monkeypatch.setattr(backends, "prefill", model.timing_prefill(backends.prefill))  # as the benchmark times it
+    decode_batch(model, prompts, pad_id=hf.tokenizer.pad_token_id, max_new_tokens=new_tokens, stop_ids=[-1],
+                 temperature=0.0)
+    steps = new_tokens - 1  # the first token comes from the prefill's logits
+    assert len(model.steps) == steps
+    assert model.kv_slots == sum(2 * (long + step) for step in range(1, steps + 1))
+    assert model.kv_tokens == sum(short + long + 2 * step for step in range(1, steps + 1))
+    assert model.kv_padding_share() == round(1 - model.kv_tokens / model.kv_slots, 3) > 0
+
+
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_prefix_sharing_changes_no_output_and_computes_each_prompt_once(hf, temperature, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
