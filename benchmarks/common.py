@@ -58,9 +58,10 @@ class TokenCounter:
     def __init__(self, model):
         self.model, self.tokens, self.steps, self.prefilling = model, 0, [], False
         self.prefill_tokens, self.prefill_s = 0, 0.0
-        # KV-cache slots the decoding steps' attention reads (rows x cache width) and how many of
-        # them hold a token (the rest are padding, which attention reads and masks out).
-        self.kv_slots, self.kv_tokens = 0, 0
+        # KV-cache slots the decoding steps' attention reads (rows x cache width), how many of them
+        # hold a token (the rest are padding, which attention reads and masks out), and how many lie
+        # in columns no row uses (the only padding a narrower cache could drop without ragged rows).
+        self.kv_slots, self.kv_tokens, self.kv_unused_column_slots = 0, 0, 0
 
     def timing_prefill(self, prefill):
         """`prefill`, with the forwards it makes counted as prefill."""
@@ -93,11 +94,16 @@ class TokenCounter:
             if mask is not None:
                 self.kv_slots += mask.numel()
                 self.kv_tokens += int(mask.sum())
+                self.kv_unused_column_slots += mask.shape[0] * int((~mask.bool().any(0)).sum())
         return out
 
     def kv_padding_share(self) -> float | None:
         """The share of the KV-cache slots read by decoding steps that are padding."""
         return round(1 - self.kv_tokens / self.kv_slots, 3) if self.kv_slots else None
+
+    def kv_unused_column_share(self) -> float | None:
+        """The share of those slots in columns that no row of the step uses."""
+        return round(self.kv_unused_column_slots / self.kv_slots, 3) if self.kv_slots else None
 
     def decoding(self, bands: tuple[int, ...] = (4, 16, 64)) -> dict:
         """Decoding steps by rows in the step: up to each band's bound, and above the last."""

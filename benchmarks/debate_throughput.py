@@ -21,7 +21,8 @@ tokens that must be processed (prompt + generated), wall time, and the effective
 roofline: 2 x parameters x tokens that must be processed, per second, over the matrix-product peak
 measured on this machine in the same run (same dtype; the higher of a measurement before the
 engines and one after); where the time went (prefill, decoding steps by rows, outside the model),
-and the share of the KV-cache slots the decoding steps read that are padding (`--profile`: the
+and the share of the KV-cache slots the decoding steps read that are padding, and of those in
+columns no row uses (`--profile`: the
 pipeline's engine once more under torch.profiler, by operator). Greedy answers must be the same on every
 engine: the share of the single agent's answers identical to "before" is reported. Sampling is
 seeded per conversation, so every engine gives the text of the one before it, except "one uniform
@@ -147,7 +148,8 @@ def run(backend: HFBackend, questions, params, engine: str, n_params: int
            # (sampling, cache bookkeeping, tokenizing, grading).
            "prefill_s": round(counter.prefill_s, 1), "decode_s": round(sum(s for _, s in counter.steps), 1),
            "outside_model_s": round(wall - counter.prefill_s - sum(s for _, s in counter.steps), 1),
-           "decoding": counter.decoding(), "decode_kv_padding_share": counter.kv_padding_share()}
+           "decoding": counter.decoding(), "decode_kv_padding_share": counter.kv_padding_share(),
+           "decode_kv_unused_column_share": counter.kv_unused_column_share()}
     return row, [c["text"] for c in calls], greedy_texts(records)
 
 
@@ -292,7 +294,8 @@ def main() -> None:
     print(f"identical greedy answers to before's ({len(greedy['after'])}): {same}")
     print(f"identical generations to the previous engine's ({len(texts['after'])}): {same_as_previous}")
     print(f"KV-cache slots read by decoding steps that are padding: "
-          f"{ {engine: row['decode_kv_padding_share'] for engine, row in rows.items()} }")
+          f"{ {engine: row['decode_kv_padding_share'] for engine, row in rows.items()} }; in columns no row uses: "
+          f"{ {engine: row['decode_kv_unused_column_share'] for engine, row in rows.items()} }")
     if args.profile:
         result["after_profile"] = profile_operators(backend, questions, params)
         print(f"the after engine by operator (self CPU time, profiled: "

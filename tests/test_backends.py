@@ -211,6 +211,9 @@ def test_the_benchmark_counts_the_padding_that_decoding_steps_read(hf, new_token
     assert model.kv_slots == sum(2 * (long + step) for step in range(1, steps + 1))
     assert model.kv_tokens == sum(short + long + 2 * step for step in range(1, steps + 1))
     assert model.kv_padding_share() == round(1 - model.kv_tokens / model.kv_slots, 3) > 0
+    # The padding sits between the shared prefix and the shorter row's remainder: every column
+    # holds a token of the longer row.
+    assert model.kv_unused_column_slots == 0 and model.kv_unused_column_share() == 0
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])

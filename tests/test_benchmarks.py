@@ -171,3 +171,23 @@ def test_pipeline_timing_resumes_keeping_the_times_of_stages_still_up_to_date(tm
     assert ran == ["b", "c", "noop"]
     assert result["stages_s"] == {"a": 100.0, "b": 7.0, "c": 7.0} and result["total_s"] == 114.0 and result["resumed"]
     sys.modules.pop("pipeline", None)
+
+
+MASKS = {  # a decoding step's attention mask -> padding share, share in columns no row uses
+    "no padding": ([[1, 1, 1], [1, 1, 1]], 0.0, 0.0),
+    "a shorter row, padded after the shared prefix": ([[1, 1, 1, 1], [1, 0, 0, 1]], 0.25, 0.0),
+    "a column no row uses": ([[0, 1, 1, 1], [0, 0, 1, 1]], 0.375, 0.25),
+}
+
+
+@pytest.mark.parametrize("mask, padding, unused", MASKS.values(), ids=MASKS.keys())
+def test_token_counter_splits_the_padding_decoding_reads(mask, padding, unused, monkeypatch):
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    common = importlib.import_module("common")
+    mask = torch.tensor(mask)
+    counter = common.TokenCounter(lambda **kwargs: SimpleNamespace(logits=torch.zeros(len(mask), 1, 4)))
+    counter(input_ids=torch.zeros(len(mask), 1, dtype=torch.long), attention_mask=mask)  # one decoding step
+    assert (counter.kv_padding_share(), counter.kv_unused_column_share()) == (padding, unused)
+    sys.modules.pop("common", None)
