@@ -20,11 +20,10 @@ Reported for each: the tokens that went through the model (padding and repeats i
 tokens that must be processed (prompt + generated), wall time, and the effective rate against a
 roofline: 2 x parameters x tokens that must be processed, per second, over the matrix-product peak
 measured on this machine in the same run (same dtype; the higher of a measurement before the
-engines and one after); where the time went (prefill, decoding steps by rows, outside the model),
-and the share of the KV-cache slots the decoding steps read that are padding, and of those in
-columns no row uses (`--profile`: the
-pipeline's engine once more under torch.profiler, by operator). Greedy answers must be the same on every
-engine: the share of the single agent's answers identical to "before" is reported. Sampling is
+engines and one after); where the time went (prefill, decoding steps by rows, outside the model);
+the share of the KV-cache slots the decoding steps read that are padding, and the share in columns
+no row uses (`--profile`: the pipeline's engine once more under torch.profiler, by operator).
+Greedy answers must be the same on every engine: the share of the single agent's answers identical to "before" is reported. Sampling is
 seeded per conversation, so every engine gives the text of the one before it, except "one uniform
 per draw", which draws other samples from the same distribution: the share of all generations
 identical to the previous engine's is reported too.
